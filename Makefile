@@ -1,0 +1,27 @@
+# `make test` and `make demo` each install what they need into .venv first (torch 2.13.0 CPU, then the package).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+GLUE_DIR ?= ../shared/glue
+export GLUE_DIR
+export HF_HUB_OFFLINE ?= 1
+
+.PHONY: install test lint demo
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e ".[test]"
+	touch $@
+
+lint: install
+	$(BIN)/ruff check lets_hf glue_runs tests docs/examples
+
+test: install lint
+	$(BIN)/python -m pytest
+
+demo: install
+	$(BIN)/lets-glue glue_runs/configs/demo_minilm_rte.json

@@ -1,0 +1,30 @@
+"""lets_hf: sharpness-aware minimisation for the HF Trainer, with the radius learned by LETS."""
+
+from .heldout import split_heldout
+from .hypergradient import LossGuard, RadiusState, hypergradient, radius_step
+from .perturbation import (
+    asam_direction,
+    available_perturbations,
+    get_perturbation,
+    register_perturbation,
+    sam_direction,
+)
+from .trainer import LETSTrainer
+from .training_args import LETSTrainingArguments
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "LETSTrainer",
+    "LETSTrainingArguments",
+    "LossGuard",
+    "RadiusState",
+    "asam_direction",
+    "available_perturbations",
+    "get_perturbation",
+    "hypergradient",
+    "radius_step",
+    "register_perturbation",
+    "sam_direction",
+    "split_heldout",
+]

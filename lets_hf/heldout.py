@@ -1,0 +1,135 @@
+"""Where the held-out batches for the radius come from: a stratified carve of the training set and an endless,
+resumable loader over it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler, Subset
+
+__all__ = ["EpochPermutationSampler", "HeldoutStream", "split_heldout"]
+
+_REGRESSION_BINS = 5  # strata for a float target (STS-B): quantile bins
+
+
+def split_heldout(dataset: Any, fraction: float, seed: int) -> tuple[Any, Any, np.ndarray, np.ndarray]:
+    """Carve a stratified held-out split off ``dataset``, reproducibly from ``seed``.
+
+    Strata are the label classes (a ``labels`` or ``label`` column, or that key in dict examples); a float
+    target is cut into quantile bins; without labels the split is uniform. Each stratum gives
+    ``round(fraction * size)`` examples, at least one example goes each way.
+
+    Returns:
+        ``(train, heldout, train_indices, heldout_indices)``; a `datasets.Dataset` is split with ``select``, any
+        other dataset with `torch.utils.data.Subset`.
+    """
+    n = len(dataset)
+    if n < 2:
+        raise ValueError(f"Cannot carve a held-out split off a training set of {n} example(s); pass lets_dataset.")
+    rng = np.random.default_rng(seed)
+    heldout = []
+    for stratum in _strata(dataset):
+        stratum = rng.permutation(stratum)
+        heldout.extend(stratum[: int(round(fraction * len(stratum)))].tolist())
+    heldout = np.array(sorted(heldout), dtype=np.int64)
+    if len(heldout) == 0:
+        heldout = np.array([int(rng.integers(n))])
+    if len(heldout) == n:
+        heldout = heldout[1:]
+    train = np.setdiff1d(np.arange(n), heldout)
+    return _select(dataset, train), _select(dataset, heldout), train, heldout
+
+
+def _labels(dataset: Any) -> Sequence | None:
+    columns = getattr(dataset, "column_names", None)
+    if columns is not None:  # datasets.Dataset: read the column, no decoding of the rest
+        name = next((c for c in ("labels", "label") if c in columns), None)
+        return dataset[name] if name else None
+    first = dataset[0]
+    if isinstance(first, dict):
+        name = next((c for c in ("labels", "label") if c in first), None)
+        if name:
+            return [dataset[i][name] for i in range(len(dataset))]
+    return None
+
+
+def _strata(dataset: Any) -> list[np.ndarray]:
+    labels = _labels(dataset)
+    if labels is None:
+        return [np.arange(len(dataset))]
+    y = np.asarray([float(torch.as_tensor(v).reshape(-1)[0]) for v in labels])
+    if np.all(y == np.round(y)) and len(np.unique(y)) <= 100:
+        keys = y
+    else:  # regression target: quantile bins
+        edges = np.quantile(y, np.linspace(0, 1, _REGRESSION_BINS + 1)[1:-1])
+        keys = np.searchsorted(edges, y, side="right")
+    return [np.flatnonzero(keys == k) for k in np.unique(keys)]
+
+
+def _select(dataset: Any, indices: np.ndarray) -> Any:
+    if hasattr(dataset, "select"):
+        return dataset.select(indices.tolist())
+    return Subset(dataset, indices.tolist())
+
+
+class EpochPermutationSampler(Sampler[int]):
+    """A fresh permutation every epoch, a pure function of ``(seed, epoch)``: identical on every rank, so that
+    accelerate's batch sharding gives each rank its own disjoint held-out batches, and replayable on resume."""
+
+    def __init__(self, data_source: Dataset, seed: int):
+        self.size = len(data_source)
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        return iter(torch.randperm(self.size, generator=g).tolist())
+
+    def __len__(self) -> int:
+        return self.size
+
+
+class HeldoutStream:
+    """Cycles endlessly over a (prepared) held-out loader and knows where it stands: ``(epoch, position)``.
+
+    ``position`` batches of epoch ``epoch`` have been drawn; :meth:`load_state_dict` replays to that point, so a
+    resumed run draws the same held-out batches as an uninterrupted one.
+    """
+
+    def __init__(self, dataloader: Any, sampler: EpochPermutationSampler):
+        self.dataloader = dataloader
+        self.sampler = sampler
+        self.epoch = 0
+        self.position = 0
+        self._iterator: Iterator | None = None
+
+    def next(self) -> Any:
+        if self._iterator is None:
+            self._start()
+        try:
+            batch = next(self._iterator)
+        except StopIteration:
+            self.epoch, self.position = self.epoch + 1, 0
+            self._start()
+            batch = next(self._iterator)
+        self.position += 1
+        return batch
+
+    def _start(self) -> None:
+        self.sampler.set_epoch(self.epoch)
+        self._iterator = iter(self.dataloader)
+        for _ in range(self.position):  # replay after a resume; costs only data loading
+            next(self._iterator)
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+        self._iterator = None

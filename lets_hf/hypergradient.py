@@ -1,0 +1,230 @@
+"""The LETS radius hypergradient and the radius optimizer, as pure functions (shared LETS.md).
+
+One optimizer step ``t`` with radius ``rho``: ascent gradient ``g``, direction ``d``, descent gradient
+``gt = grad l(theta + rho d)``, update ``theta' = Opt(theta, gt)``. The upper level is the one-step look-ahead
+
+    F(rho) = 1/2 * delta^2,   delta = l(theta'; V) - l(theta'; B')
+
+with ``V`` a held-out batch and ``B'`` the next training batch. Its derivative is
+
+    dF/drho = delta * (h_V - g')^T w,   w = d theta'/d rho = -lr * c * P * u,   u = d gt / d rho
+
+where ``h_V``/``g'`` are the held-out/training gradients at ``theta'``, ``c`` the gradient-clip coefficient,
+``P`` the optimizer's diagonal preconditioner and ``u`` the curvature along ``d``, estimated by one of:
+
+- ``secant``:  ``u = (gt - g) / rho``           (free; exact on quadratics)
+- ``fisher``:  ``u = (g * g) * d``              (diagonal empirical Fisher)
+- ``exact``:   ``u = H(theta + eps) d``          (double backward; for checking)
+
+Under gradient accumulation each quantity is the mean over micro-batches (``gt`` -> the accumulated ``G``,
+``g`` -> ``Gbar``). The radius is optimised on ``s = log rho`` (``dF/ds = rho dF/drho``) and clamped to bounds.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "LossGuard",
+    "RadiusState",
+    "fisher_curvature",
+    "hessian_vector_product",
+    "hypergradient",
+    "optimizer_derivative_",
+    "radius_step",
+    "secant_curvature_",
+]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Curvature along the perturbation: u = d gt / d rho
+# --------------------------------------------------------------------------------------------------------------
+def secant_curvature_(mean_ascent_grads: list[Tensor], descent_grads: list[Tensor], rho: float) -> list[Tensor]:
+    """Overwrite ``Gbar`` with the secant estimate ``u = (G - Gbar) / rho`` and return it.
+
+    Args:
+        mean_ascent_grads: ``Gbar``, the ascent gradients averaged over micro-batches (overwritten).
+        descent_grads: ``G``, the accumulated descent gradients (unscaled), same shapes.
+        rho: the radius the step used (> 0).
+    """
+    torch._foreach_sub_(mean_ascent_grads, descent_grads)  # Gbar - G
+    torch._foreach_mul_(mean_ascent_grads, -1.0 / rho)
+    return mean_ascent_grads
+
+
+def fisher_curvature(grads: list[Tensor], directions: list[Tensor]) -> list[Tensor]:
+    """Diagonal empirical-Fisher estimate ``u = (g * g) * d`` for one micro-batch."""
+    u = torch._foreach_mul(grads, grads)
+    torch._foreach_mul_(u, directions)
+    return u
+
+
+def hessian_vector_product(loss: Tensor, params: list[Tensor], vector: list[Tensor]) -> list[Tensor]:
+    """``H v`` of ``loss`` w.r.t. ``params`` by double backward (Pearlmutter's trick); exact and costly.
+
+    Parameters that ``loss`` does not depend on get a zero product.
+    """
+    grads = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
+    used = [i for i, g in enumerate(grads) if g is not None]
+    hv = torch.autograd.grad(
+        [grads[i] for i in used], [params[i] for i in used], grad_outputs=[vector[i] for i in used], allow_unused=True
+    )
+    products = [torch.zeros_like(p) for p in params]
+    for i, h in zip(used, hv):
+        if h is not None:
+            products[i] = h.detach()
+    return products
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Through the optimizer: w = d theta' / d rho = -lr * c * P * u
+# --------------------------------------------------------------------------------------------------------------
+def optimizer_derivative_(
+    u: list[Tensor],
+    params: list[Tensor],
+    optimizer: torch.optim.Optimizer,
+    lrs: dict[int, float],
+    clip_coef: Tensor | float,
+) -> list[Tensor]:
+    """Overwrite ``u`` with ``w = -lr * c * P u``, the derivative of the optimizer's update w.r.t. rho.
+
+    ``P`` is read from the optimizer's state *after* its step (LETS.md), ignoring the state's own dependence on
+    rho: for Adam/AdamW ``P = (1 - b1)/(1 - b1^k) / (sqrt(v_k / (1 - b2^k)) + eps)``; for SGD ``P = 1`` (``1 + mu``
+    with Nesterov momentum ``mu``). Weight decay does not depend on rho and drops out. Other optimizers get
+    ``P = 1`` (the caller warns once).
+
+    Args:
+        u: the curvature ``u``, one tensor per entry of ``params`` (overwritten).
+        params: the parameters ``u`` belongs to, as registered in ``optimizer``.
+        optimizer: the (unwrapped) torch optimizer, after its step.
+        lrs: learning rate per ``id(param_group)`` at the time of the step (before the scheduler moved it).
+        clip_coef: ``c = min(1, max_grad_norm / ||G||)``, 1 without clipping.
+    """
+    index = {id(p): i for i, p in enumerate(params)}
+    for group in optimizer.param_groups:
+        members = [index[id(p)] for p in group["params"] if id(p) in index]
+        if not members:
+            continue
+        lr = lrs[id(group)]
+        us = [u[i] for i in members]
+        kind = optimizer_kind(optimizer)
+        if kind == "adam":
+            beta1, beta2 = group["betas"]
+            for i in members:
+                state = optimizer.state.get(params[i], {})
+                if "exp_avg_sq" not in state:  # parameter had no gradient at this step: it did not move
+                    u[i].zero_()
+                    continue
+                k = float(state["step"])
+                v = state["max_exp_avg_sq"] if group.get("amsgrad") else state["exp_avg_sq"]
+                denom = (v / (1 - beta2**k)).sqrt_().add_(group["eps"])
+                u[i].div_(denom).mul_(-lr * (1 - beta1) / (1 - beta1**k))
+        else:
+            factor = 1.0 + group.get("momentum", 0.0) if group.get("nesterov") else 1.0
+            torch._foreach_mul_(us, -lr * factor)
+    torch._foreach_mul_(u, clip_coef)
+    return u
+
+
+def optimizer_kind(optimizer: torch.optim.Optimizer) -> str:
+    """``adam`` (Adam, AdamW, fused or not), ``sgd``, or ``other`` (treated as ``P = 1``)."""
+    if isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW)):
+        return "adam"
+    if isinstance(optimizer, torch.optim.SGD):
+        return "sgd"
+    return "other"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The hypergradient and the radius update
+# --------------------------------------------------------------------------------------------------------------
+def hypergradient(gap: float, heldout_dot: float, train_dot: float) -> float:
+    """``dF/drho = delta * (h_V^T w - g'^T w)`` from the gap ``delta`` and the two dot products with ``w``."""
+    return gap * (heldout_dot - train_dot)
+
+
+@dataclass
+class RadiusState:
+    """The radius and its optimizer state; everything a checkpoint needs (plain floats, JSON-serialisable)."""
+
+    log_rho: float
+    exp_avg: float = 0.0
+    exp_avg_sq: float = 0.0
+    steps: int = 0
+
+    @property
+    def rho(self) -> float:
+        return math.exp(self.log_rho)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def radius_step(
+    state: RadiusState,
+    dF_drho: float,
+    *,
+    lr: float,
+    optimizer: str,
+    rho_min: float,
+    rho_max: float,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+    allow_increase: bool = True,
+) -> RadiusState:
+    """One descent step on ``s = log rho`` with ``dF/ds = rho * dF/drho``, then ``rho`` clamped to its bounds.
+
+    ``adam`` moves ``s`` by at most about ``lr`` per step whatever the gradient's scale; ``sgd`` by
+    ``lr * dF/ds``. With ``allow_increase=False`` (the loss guard has tripped) ``rho`` may only shrink.
+    """
+    grad = state.rho * dF_drho
+    steps = state.steps + 1
+    m, v = state.exp_avg, state.exp_avg_sq
+    if optimizer == "adam":
+        m = betas[0] * m + (1 - betas[0]) * grad
+        v = betas[1] * v + (1 - betas[1]) * grad * grad
+        m_hat, v_hat = m / (1 - betas[0] ** steps), v / (1 - betas[1] ** steps)
+        log_rho = state.log_rho - lr * m_hat / (math.sqrt(v_hat) + eps)
+    elif optimizer == "sgd":
+        log_rho = state.log_rho - lr * grad
+    else:
+        raise ValueError(f"Unknown lets_optimizer {optimizer!r}: use 'adam' or 'sgd'.")
+    if not allow_increase:
+        log_rho = min(log_rho, state.log_rho)
+    log_rho = min(max(log_rho, math.log(rho_min)), math.log(rho_max))
+    return RadiusState(log_rho=log_rho, exp_avg=m, exp_avg_sq=v, steps=steps)
+
+
+@dataclass
+class LossGuard:
+    """Watches the training loss seen at hyper-steps; trips when its EMA rises ``tolerance`` above its best.
+
+    LETS.md measured a collapse (STS-B: rho 0.05 -> 0.5, Pearson 0.84 -> 0.14): the squared gap also closes when
+    the model stops fitting the training set. A rising training loss is the symptom; while tripped the radius
+    is sent back to at most its initial value and may not grow.
+    """
+
+    tolerance: float
+    beta: float = 0.9
+    ema: float | None = None
+    best: float = math.inf
+    tripped: bool = False
+    trips: int = 0
+
+    def update(self, train_loss: float) -> bool:
+        """Feed one training loss; return True when the guard trips *now* (it was not tripped before)."""
+        self.ema = train_loss if self.ema is None else self.beta * self.ema + (1 - self.beta) * train_loss
+        self.best = min(self.best, self.ema)
+        was = self.tripped
+        self.tripped = self.ema > self.best * (1 + self.tolerance)
+        if self.tripped and not was:
+            self.trips += 1
+            return True
+        return False
+
+    def to_dict(self) -> dict:
+        return asdict(self)

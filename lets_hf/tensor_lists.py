@@ -1,0 +1,36 @@
+"""Small operations on lists of tensors that the trainer needs: dot products and rank averages."""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+
+__all__ = ["all_reduce_mean_", "dot"]
+
+
+def dot(a: list[Tensor], b: list[Tensor]) -> Tensor:
+    """``sum_i <a_i, b_i>`` as a 0-dim float64 tensor (no host sync)."""
+    if not a:
+        return torch.zeros((), dtype=torch.float64)
+    return torch.stack([torch.vdot(x.reshape(-1), y.reshape(-1)).double() for x, y in zip(a, b)]).sum()
+
+
+def all_reduce_mean_(tensors: list[Tensor], world_size: int) -> list[Tensor]:
+    """Average ``tensors`` in place over all ranks, one all-reduce per dtype (flattened, like DDP's buckets).
+
+    A no-op for a single process. Uses SUM then a division, since gloo has no AVG.
+    """
+    if world_size <= 1 or not tensors:
+        return tensors
+    by_dtype: dict[torch.dtype, list[Tensor]] = {}
+    for t in tensors:
+        by_dtype.setdefault(t.dtype, []).append(t)
+    for group in by_dtype.values():
+        flat = _flatten_dense_tensors(group)
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        flat.div_(world_size)
+        for t, synced in zip(group, _unflatten_dense_tensors(flat, group)):
+            t.copy_(synced)
+    return tensors

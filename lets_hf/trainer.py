@@ -1,0 +1,402 @@
+"""LETSTrainer: the HF Trainer with a SAM perturbation in every micro-batch and a learned radius.
+
+The algorithm lives in `perturbation.py` (directions) and `hypergradient.py` (u, w, dF/drho, the radius step);
+this file is plumbing: the passes, setting accumulated gradients aside, DDP and GradScaler details, the held-out
+loader, logging and the radius state in checkpoints. The step, in LETS.md's notation, per micro-batch ``i``:
+
+    ascent:   g_i = grad l(theta; B_i)            (rank-averaged when sam_sync_perturbation)
+    descent:  G  += grad l(theta + rho d_i; B_i) / n_accum,   then theta restored from a saved copy
+
+and around the optimizer step ``t``: at its start, when step ``t-1`` fed a hyper-step, ``w = -lr c P u`` and one
+held-out pass give ``h_V^T w``; the ascents of step ``t`` give ``g'^T w`` and ``l(theta; B')``; at its end the
+radius takes one step on ``dF/drho`` and, on feeding steps, ``u`` is formed for the next one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import Trainer
+
+from .heldout import EpochPermutationSampler, HeldoutStream, split_heldout
+from .hypergradient import (
+    LossGuard,
+    RadiusState,
+    fisher_curvature,
+    hessian_vector_product,
+    hypergradient,
+    optimizer_derivative_,
+    optimizer_kind,
+    radius_step,
+    secant_curvature_,
+)
+from .perturbation import get_perturbation
+from .tensor_lists import all_reduce_mean_, dot
+from .training_args import _BACKEND_MESSAGE, LETSTrainingArguments
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["LETSTrainer"]
+
+LETS_STATE_NAME = "lets_state.json"
+LETS_CURVATURE_NAME = "lets_curvature.safetensors"
+
+
+@dataclass
+class _Pending:
+    """What a feeding step leaves for the next hyper-step: ``u`` (later turned into ``w``), ``lr`` and ``c``."""
+
+    u: list[torch.Tensor]
+    lrs: list[float]  # per optimizer param group, as used by the step
+    clip_coef: float | torch.Tensor
+
+
+class LETSTrainer(Trainer):
+    """`transformers.Trainer` with sharpness-aware minimisation and the LETS learned radius.
+
+    Args:
+        args: a `LETSTrainingArguments`.
+        lets_dataset: held-out examples for the radius. When None and ``args.lets``, a stratified
+            ``args.lets_heldout_fraction`` of ``train_dataset`` is carved off (and never trained on); the indices
+            are in ``self.lets_split``.
+        Every other argument is the `Trainer`'s.
+
+    Attributes:
+        rho: the current radius (float).
+        lets_history: one dict per hyper-step: step, rho, gap, hypergradient, train and held-out loss.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module | None = None,
+        args: LETSTrainingArguments | None = None,
+        data_collator: Any = None,
+        train_dataset: Any = None,
+        eval_dataset: Any = None,
+        *,
+        lets_dataset: Any = None,
+        **kwargs: Any,
+    ):
+        if args is None:
+            args = LETSTrainingArguments(output_dir="trainer_output")
+        if not isinstance(args, LETSTrainingArguments):
+            raise TypeError(
+                f"LETSTrainer needs LETSTrainingArguments, got {type(args).__name__}: build the arguments with "
+                "lets_hf.LETSTrainingArguments(...) (it accepts every TrainingArguments field)."
+            )
+        self.lets_split: dict[str, list[int]] | None = None
+        if args.lets and lets_dataset is None and train_dataset is not None:
+            train_dataset, lets_dataset, train_idx, heldout_idx = split_heldout(
+                train_dataset, args.lets_heldout_fraction, args.seed
+            )
+            self.lets_split = {"train_indices": train_idx.tolist(), "heldout_indices": heldout_idx.tolist()}
+            logger.info("LETS held-out split: %d examples carved off the training set, %d left to train on.",
+                        len(heldout_idx), len(train_idx))
+        elif lets_dataset is not None and not args.lets:
+            logger.warning("lets_dataset is ignored: lets=False keeps the radius fixed.")
+        super().__init__(model, args, data_collator, train_dataset, eval_dataset, **kwargs)
+        for backend, enabled in (("DeepSpeed", self.is_deepspeed_enabled), ("FSDP", self.is_fsdp_enabled)):
+            if enabled:
+                raise NotImplementedError(_BACKEND_MESSAGE.format(backend=backend))
+        # Every pass computes a per-micro-batch mean loss, divided by the accumulation steps here; BERT/RoBERTa
+        # heads accept **kwargs but ignore num_items_in_batch (transformers #47688), so we never pass it.
+        self.model_accepts_loss_kwargs = False
+        self.lets_dataset = lets_dataset
+        self.direction = None if args.sam_variant == "none" else get_perturbation(args.sam_variant)
+        self.radius = RadiusState(log_rho=math.log(args.sam_rho) if args.sam_rho > 0 else -math.inf)
+        self.guard = LossGuard(args.lets_guard_tolerance) if args.lets_guard_tolerance else None
+        self.lets_history: list[dict[str, float]] = []
+        self._last_hyper: dict[str, float] = {}
+        self._micro_step = 0
+        self._params: list[torch.Tensor] | None = None
+        self._theta: list[torch.Tensor] | None = None  # the saved copy the weights are restored from
+        self._pending: _Pending | None = None  # fed by step t-1, consumed by step t
+        self._w: list[torch.Tensor] | None = None  # d theta_t / d rho of the hyper-step in progress
+        self._u_acc: list[torch.Tensor] | None = None  # this step's curvature, accumulated over micro-batches
+        self._sums: torch.Tensor | None = None  # [l_V, h_V.w, l_B', g'.w] of the hyper-step in progress
+        self._heldout: HeldoutStream | None = None
+        self._heldout_resume: dict | None = None
+        self._warned_optimizer = False
+
+    @property
+    def rho(self) -> float:
+        """The current perturbation radius."""
+        return self.radius.rho
+
+    # ------------------------------------------------------------------------------------------------------------
+    # The step
+    # ------------------------------------------------------------------------------------------------------------
+    def training_step(self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch: Any = None) -> torch.Tensor:
+        """One micro-batch: ascent, perturbation, descent, restore; radius bookkeeping around optimizer steps.
+
+        ``num_items_in_batch`` is not used: every pass's loss is the micro-batch mean (see docs/algorithm.md).
+        """
+        if self.direction is None:
+            return super().training_step(model, inputs, None)
+        model.train()
+        if callable(getattr(self.optimizer, "train", None)):
+            self.optimizer.train()
+        inputs = self._prepare_inputs(inputs)
+        params = self._trainable_params()
+        n_accum = self.current_gradient_accumulation_steps
+        if self._micro_step == 0:
+            self._begin_optimizer_step(model, params)
+
+        accumulated = [p.grad for p in params]  # set aside what earlier micro-batches accumulated
+        for p in params:
+            p.grad = None
+        loss, grads, finite = self._ascent(model, inputs, params)
+        if self._w is not None:  # g'^T w and l(theta; B') for the hyper-step in progress
+            self._sums[2:] += torch.stack([loss.double(), dot(grads, self._w)]) / n_accum
+        d = self.direction(params, grads, eta=self.args.asam_eta) if finite else None
+        if self._u_acc is not None and finite:
+            self._accumulate_curvature(grads, d, n_accum)
+        del grads
+        for p, a in zip(params, accumulated):
+            p.grad = a
+        with torch.no_grad():
+            if d is not None:
+                torch._foreach_add_(params, d, alpha=self.rho)
+        if self._u_acc is not None and self.args.lets_hvp == "exact" and finite:
+            self._accumulate_hvp(model, inputs, params, d, n_accum)
+        del d
+        self._descent(model, inputs, n_accum)
+        with torch.no_grad():
+            torch._foreach_copy_(params, self._theta)
+
+        self._micro_step += 1
+        if self.accelerator.sync_gradients:
+            self._end_optimizer_step(params)
+            self._micro_step = 0
+        return loss.detach() / n_accum
+
+    def _ascent(self, model, inputs, params) -> tuple[torch.Tensor, list[torch.Tensor], bool]:
+        """``l(theta; B)`` and its gradient ``g`` (unscaled; averaged over ranks when the perturbation is global)."""
+        with self.accelerator.no_sync(model):
+            with self.compute_loss_context_manager():
+                loss = self.compute_loss(model, dict(inputs))
+            self.accelerator.backward(loss)
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        for p in params:
+            p.grad = None
+        if self.args.sam_sync_perturbation:
+            all_reduce_mean_(grads, self.accelerator.num_processes)
+        finite = True
+        if self.accelerator.scaler is not None:  # fp16: unscale; an overflow skips the perturbation
+            torch._foreach_mul_(grads, 1.0 / self.accelerator.scaler.get_scale())
+            finite = bool(torch.isfinite(torch.stack(torch._foreach_norm(grads))).all())  # a host sync, fp16 only
+        return loss, grads, finite
+
+    def _descent(self, model, inputs, n_accum: int) -> None:
+        """Backward of ``l(theta + eps; B) / n_accum`` into the accumulated gradients (DDP syncs on the last one)."""
+        with self.compute_loss_context_manager():
+            loss = self.compute_loss(model, dict(inputs))
+        self.accelerator.backward(loss / n_accum)
+
+    # ------------------------------------------------------------------------------------------------------------
+    # LETS bookkeeping
+    # ------------------------------------------------------------------------------------------------------------
+    def _begin_optimizer_step(self, model, params) -> None:
+        """Save theta; turn the pending u into w and run the held-out pass; open a curvature buffer if feeding."""
+        with torch.no_grad():
+            if self._theta is None:
+                self._theta = [p.detach().clone() for p in params]
+            else:
+                torch._foreach_copy_(self._theta, params)
+        pending, self._pending = self._pending, None
+        if pending is not None and not self.accelerator.optimizer_step_was_skipped:
+            optimizer = getattr(self.optimizer, "optimizer", self.optimizer)
+            if optimizer_kind(optimizer) == "other" and not self._warned_optimizer:
+                logger.warning("LETS: %s has no known preconditioner; the hypergradient assumes P = 1.",
+                               type(optimizer).__name__)
+                self._warned_optimizer = True
+            lrs = {id(g): lr for g, lr in zip(optimizer.param_groups, pending.lrs)}
+            self._w = optimizer_derivative_(pending.u, params, optimizer, lrs, pending.clip_coef)
+            self._sums = torch.zeros(4, dtype=torch.float64, device=params[0].device)
+            self._sums[:2] = self._heldout_pass(model, params, self._w)
+        if self.args.lets and self.state.global_step % self.args.lets_interval == 0:
+            self._u_acc = [torch.zeros_like(p) for p in params]
+
+    def _heldout_pass(self, model, params, w) -> torch.Tensor:
+        """``[l(theta; V), h_V^T w]`` on one held-out batch, local to this rank (averaged with the other sums)."""
+        batch = self._prepare_inputs(self._heldout_stream().next())
+        with self.accelerator.no_sync(model):
+            with self.compute_loss_context_manager():
+                loss = self.compute_loss(model, dict(batch))
+            self.accelerator.backward(loss)
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        s_v = dot(grads, w)
+        if self.accelerator.scaler is not None:
+            s_v = s_v / self.accelerator.scaler.get_scale()
+        for p in params:
+            p.grad = None
+        return torch.stack([loss.detach().double(), s_v])
+
+    def _accumulate_curvature(self, grads, d, n_accum: int) -> None:
+        """Add this micro-batch's share to the curvature buffer: ``g`` (secant) or ``g*g*d`` (fisher)."""
+        if self.args.lets_hvp == "secant":
+            torch._foreach_add_(self._u_acc, grads, alpha=1.0 / n_accum)
+        elif self.args.lets_hvp == "fisher":
+            torch._foreach_add_(self._u_acc, fisher_curvature(grads, d), alpha=1.0 / n_accum)
+
+    def _accumulate_hvp(self, model, inputs, params, d, n_accum: int) -> None:
+        """``exact``: ``H(theta + eps) d`` by double backward, in an extra pass on the unwrapped model."""
+        unwrapped = self.accelerator.unwrap_model(model, keep_fp32_wrapper=True)
+        with self.compute_loss_context_manager():
+            loss = self.compute_loss(unwrapped, dict(inputs))
+        hv = hessian_vector_product(loss, params, d)
+        torch._foreach_add_(self._u_acc, hv, alpha=1.0 / n_accum)
+
+    def _end_optimizer_step(self, params) -> None:
+        """After the last micro-batch: the radius step of the hyper-step in progress, then u for the next one."""
+        rho = self.rho
+        if self._w is not None:
+            self._radius_step()
+            self._w = self._sums = None
+        if self._u_acc is not None:
+            self._pending = self._form_curvature(params, rho)
+            self._u_acc = None
+
+    def _radius_step(self) -> None:
+        sums = self._sums
+        if self.accelerator.num_processes > 1:
+            sums = self.accelerator.reduce(sums, reduction="mean")
+        loss_v, s_v, loss_b, s_b = sums.tolist()  # a host sync, once per hyper-step
+        if not all(map(math.isfinite, (loss_v, s_v, loss_b, s_b))):
+            logger.warning("LETS: non-finite hyper-step at step %d skipped.", self.state.global_step)
+            return
+        gap = loss_v - loss_b
+        dF_drho = hypergradient(gap, s_v, s_b)
+        allow_increase = True
+        if self.guard is not None:
+            if self.guard.update(loss_b):
+                logger.warning(
+                    "LETS loss guard: the training loss (EMA %.4f) rose %.0f%% above its best (%.4f) at step %d; rho "
+                    "goes back to at most sam_rho=%.4g and may not grow until it recovers.", self.guard.ema,
+                    100 * self.guard.tolerance, self.guard.best, self.state.global_step, self.args.sam_rho)
+                self.radius = RadiusState(log_rho=min(self.radius.log_rho, math.log(self.args.sam_rho)))
+            allow_increase = not self.guard.tripped
+        self.radius = radius_step(
+            self.radius, dF_drho, lr=self.args.lets_lr, optimizer=self.args.lets_optimizer,
+            rho_min=self.args.lets_rho_min, rho_max=self.args.lets_rho_max, allow_increase=allow_increase,
+        )
+        self._last_hyper = {"rho": self.rho, "lets_gap": gap, "lets_hypergrad": dF_drho}
+        self.lets_history.append({"step": self.state.global_step + 1, "rho": self.rho, "gap": gap,
+                                  "hypergradient": dF_drho, "train_loss": loss_b, "heldout_loss": loss_v,
+                                  "guard_tripped": bool(self.guard and self.guard.tripped)})
+
+    def _form_curvature(self, params, rho: float) -> _Pending:
+        """``u`` from the accumulated buffer and the final gradient ``G``, identical on every rank."""
+        u = self._u_acc
+        if not (self.args.lets_hvp == "secant" and self.args.sam_sync_perturbation):
+            all_reduce_mean_(u, self.accelerator.num_processes)  # per-rank ascents or batches: average them
+        inv_scale = 1.0 / self.accelerator.scaler.get_scale() if self.accelerator.scaler is not None else 1.0
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        if self.args.lets_hvp == "secant":
+            torch._foreach_mul_(u, 1.0 / inv_scale)  # bring Gbar into G's (loss-scaled) units
+            secant_curvature_(u, grads, rho)
+            torch._foreach_mul_(u, inv_scale)
+        clip_coef: float | torch.Tensor = 1.0
+        if self.args.max_grad_norm and self.args.max_grad_norm > 0:
+            norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)).float()) * inv_scale
+            clip_coef = torch.clamp(self.args.max_grad_norm / (norm + 1e-6), max=1.0)
+        optimizer = getattr(self.optimizer, "optimizer", self.optimizer)
+        return _Pending(u=u, lrs=[g["lr"] for g in optimizer.param_groups], clip_coef=clip_coef)
+
+    def _trainable_params(self) -> list[torch.Tensor]:
+        """Parameters SAM perturbs: those with ``requires_grad`` (frozen layers and PEFT bases stay put)."""
+        if self._params is None:
+            self._params = [p for p in self.model.parameters() if p.requires_grad]
+            if not self._params:
+                raise ValueError("The model has no trainable parameters (requires_grad=True): nothing to train.")
+        return self._params
+
+    def _heldout_stream(self) -> HeldoutStream:
+        if self._heldout is None:
+            if self.lets_dataset is None:
+                raise ValueError("lets=True needs held-out data: pass lets_dataset=... or a train_dataset to carve "
+                                 "lets_heldout_fraction off.")
+            sampler_box: list[EpochPermutationSampler] = []
+
+            def sampler_fn(dataset):
+                sampler_box.append(EpochPermutationSampler(dataset, seed=self.args.seed))
+                return sampler_box[0]
+
+            loader = self._get_dataloader(self.lets_dataset, "lets", self.args.lets_batch_size, sampler_fn=sampler_fn)
+            self._heldout = HeldoutStream(loader, sampler_box[0])
+            if self._heldout_resume is not None:
+                self._heldout.load_state_dict(self._heldout_resume)
+        return self._heldout
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Logging and checkpoints
+    # ------------------------------------------------------------------------------------------------------------
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Add ``rho`` (and, once LETS has stepped, ``lets_gap`` and ``lets_hypergrad``) to training logs."""
+        if "loss" in logs and self.direction is not None:
+            logs["rho"] = self.rho
+            logs.update({k: v for k, v in self._last_hyper.items() if k != "rho"})
+        super().log(logs, start_time)
+
+    def _save_checkpoint(self, model, trial) -> None:
+        super()._save_checkpoint(model, trial)
+        if self.direction is None or not self.args.should_save:
+            return
+        folder = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
+        state = {
+            "radius": self.radius.to_dict(),
+            "guard": self.guard.to_dict() if self.guard else None,
+            "heldout": self._heldout.state_dict() if self._heldout else self._heldout_resume,
+            "last_hyper": self._last_hyper,
+            "history": self.lets_history,
+            "pending": None,
+        }
+        if self._pending is not None:
+            p = self._pending
+            state["pending"] = {"lrs": p.lrs, "clip_coef": float(p.clip_coef)}
+            _atomic(os.path.join(folder, LETS_CURVATURE_NAME),
+                    lambda path: save_file({f"u.{i}": t.contiguous() for i, t in enumerate(p.u)}, path))
+        _atomic(os.path.join(folder, LETS_STATE_NAME), lambda path: _write_json(state, path))
+
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        super()._load_optimizer_and_scheduler(checkpoint)
+        path = os.path.join(checkpoint, LETS_STATE_NAME) if checkpoint else None
+        if self.direction is None or path is None:
+            return
+        if not os.path.isfile(path):
+            logger.warning("%s has no %s: the radius restarts from sam_rho.", checkpoint, LETS_STATE_NAME)
+            return
+        with open(path) as f:
+            state = json.load(f)
+        self.radius = RadiusState(**state["radius"])
+        if self.guard is not None and state["guard"]:
+            self.guard = LossGuard(**state["guard"])
+        self._heldout_resume = state["heldout"]
+        self._heldout = None
+        self._last_hyper = state["last_hyper"]
+        self.lets_history = state["history"]
+        if state["pending"] is not None:
+            tensors = load_file(os.path.join(checkpoint, LETS_CURVATURE_NAME), device=str(self.args.device))
+            u = [tensors[f"u.{i}"] for i in range(len(tensors))]
+            self._pending = _Pending(u=u, lrs=state["pending"]["lrs"], clip_coef=state["pending"]["clip_coef"])
+
+
+def _write_json(obj: Any, path: str) -> None:
+    with open(path, "w") as f:
+        json.dump(obj, f, indent=1)
+
+
+def _atomic(path: str, write) -> None:
+    """Write through a temporary file and rename, so a crash never leaves a half-written file."""
+    tmp = f"{path}.tmp"
+    write(tmp)
+    os.replace(tmp, path)

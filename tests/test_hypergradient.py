@@ -1,0 +1,146 @@
+"""LETS.md's exactness check: on least squares in float64 with plain SGD and no clipping, the logged hypergradient
+equals a central finite difference of F(rho); the pure pieces (u estimators, w, radius step) against hand values."""
+
+import math
+
+import pytest
+import torch
+from toy import LinearRegressor, regression_data
+
+from lets_hf import LETSTrainer, LETSTrainingArguments, RadiusState, radius_step
+from lets_hf.hypergradient import (
+    LossGuard,
+    fisher_curvature,
+    hessian_vector_product,
+    optimizer_derivative_,
+    secant_curvature_,
+)
+from lets_hf.perturbation import asam_direction, sam_direction
+
+LR, RHO = 0.1, 0.05
+
+
+def loss_fn(w, b, x, y):
+    return 0.5 * ((x @ w.reshape(-1) + b - y) ** 2).mean()
+
+
+def sam_sgd_step(w, b, micro_batches, rho, variant):
+    """theta' = theta - lr * mean_i grad l(theta + rho d_i; B_i): LETS.md's per-micro-batch semantics by hand."""
+    direction = {"sam": sam_direction, "asam": asam_direction}[variant]
+    gw_acc, gb_acc = torch.zeros_like(w), torch.zeros_like(b)
+    for x, y in micro_batches:
+        w0, b0 = w.clone().requires_grad_(), b.clone().requires_grad_()
+        g = torch.autograd.grad(loss_fn(w0, b0, x, y), [w0, b0])
+        dw, db = direction([w, b], list(g), eta=0.01)
+        w1, b1 = (w + rho * dw).requires_grad_(), (b + rho * db).requires_grad_()
+        gw, gb = torch.autograd.grad(loss_fn(w1, b1, x, y), [w1, b1])
+        gw_acc += gw / len(micro_batches)
+        gb_acc += gb / len(micro_batches)
+    return w - LR * gw_acc, b - LR * gb_acc
+
+
+def run_lets(args_kw, n_accum, hvp, variant="sam", seed=0):
+    data = regression_data(24, seed=seed)
+    model = LinearRegressor(seed=seed)
+    w0, b0 = model.linear.weight.detach().clone(), model.linear.bias.detach().clone()
+    args = LETSTrainingArguments(
+        **args_kw, optim="sgd", learning_rate=LR, lr_scheduler_type="constant", weight_decay=0.0, max_grad_norm=0,
+        sam_variant=variant, sam_rho=RHO, lets_interval=1, lets_hvp=hvp, max_steps=2,
+        per_device_train_batch_size=16 // n_accum, gradient_accumulation_steps=n_accum, lets_batch_size=8,
+    )
+    trainer = LETSTrainer(model=model, args=args, train_dataset=data[:16], lets_dataset=data[16:])
+    trainer.train()
+    logged = next(e for e in trainer.state.log_history if e.get("step") == 2 and "lets_hypergrad" in e)
+    return trainer, model, data, (w0, b0), logged["lets_hypergrad"]
+
+
+def finite_difference(model, data, theta0, n_accum, variant, h=1e-4):
+    """Central difference of F(rho) = 1/2 (l(theta'(rho); V) - l(theta'(rho); B'))^2 on the batches the run used."""
+    label = {tuple(d["x"].tolist()): d["labels"] for d in data}
+    stack = lambda xs: (xs, torch.stack([label[tuple(r.tolist())] for r in xs]))  # noqa: E731
+    seen = model.seen  # step 1: (ascent, descent) per micro-batch; step 2: held-out, then (ascent, descent)s
+    step1 = [stack(seen[2 * i]) for i in range(n_accum)]
+    xv, yv = stack(seen[2 * n_accum])
+    step2 = [stack(seen[2 * n_accum + 1 + 2 * i]) for i in range(n_accum)]
+
+    def F(rho):
+        w1, b1 = sam_sgd_step(*theta0, step1, rho, variant)
+        train = sum(loss_fn(w1, b1, x, y) for x, y in step2) / n_accum
+        return 0.5 * (loss_fn(w1, b1, xv, yv) - train) ** 2
+
+    return ((F(RHO + h) - F(RHO - h)) / (2 * h)).item()
+
+
+@pytest.mark.parametrize("n_accum", [1, 2])
+@pytest.mark.parametrize("variant", ["sam", "asam"])
+def test_logged_hypergradient_equals_finite_difference(base_args, n_accum, variant):
+    _, model, data, theta0, logged = run_lets(base_args, n_accum, "secant", variant)
+    reference = finite_difference(model, data, theta0, n_accum, variant)
+    assert abs(reference) > 1e-6  # a real signal, not two zeros
+    assert logged == pytest.approx(reference, rel=1e-6)
+
+
+def test_secant_equals_exact_on_a_quadratic(base_args):
+    _, _, _, _, secant = run_lets(base_args, 2, "secant")
+    _, _, _, _, exact = run_lets(base_args, 2, "exact")
+    assert secant == pytest.approx(exact, rel=1e-9)
+
+
+def test_fisher_runs_and_differs_from_exact(base_args):
+    _, _, _, _, fisher = run_lets(base_args, 1, "fisher")
+    _, _, _, _, exact = run_lets(base_args, 1, "exact")
+    assert math.isfinite(fisher) and fisher != pytest.approx(exact, rel=1e-3)
+
+
+def test_radius_moves_against_the_hypergradient(base_args):
+    trainer, *_ , logged = run_lets(base_args, 1, "secant")
+    expected = radius_step(RadiusState(math.log(RHO)), logged, lr=0.01, optimizer="adam",
+                           rho_min=RHO / 4, rho_max=4 * RHO)
+    assert trainer.rho == pytest.approx(expected.rho, rel=1e-12)
+    assert (trainer.rho - RHO) * logged < 0
+
+
+# ---- the pure functions ------------------------------------------------------------------------------------------
+def test_estimators_on_a_quadratic():
+    torch.manual_seed(0)
+    a = torch.randn(4, 4, dtype=torch.float64)
+    hess = a @ a.T
+    p = torch.randn(4, dtype=torch.float64, requires_grad=True)
+    d = torch.randn(4, dtype=torch.float64)
+    loss = 0.5 * p @ hess @ p
+    assert torch.allclose(hessian_vector_product(loss, [p], [d])[0], hess @ d)
+    g, gt = hess @ p.detach(), hess @ (p.detach() + 0.3 * d)
+    assert torch.allclose(secant_curvature_([g.clone()], [gt], 0.3)[0], hess @ d)
+    assert torch.allclose(fisher_curvature([g], [d])[0], g * g * d)
+
+
+def test_adam_preconditioner_matches_formula():
+    p = torch.nn.Parameter(torch.tensor([1.0, -2.0], dtype=torch.float64))
+    opt = torch.optim.AdamW([p], lr=0.1, betas=(0.8, 0.9), eps=1e-8)
+    for g in ([0.5, -1.0], [0.2, 0.3]):
+        p.grad = torch.tensor(g, dtype=torch.float64)
+        opt.step()
+    v = opt.state[p]["exp_avg_sq"]
+    u = torch.tensor([1.0, 1.0], dtype=torch.float64)
+    w = optimizer_derivative_([u.clone()], [p], opt, {id(opt.param_groups[0]): 0.1}, 0.5)[0]
+    expected = -0.1 * 0.5 * (1 - 0.8) / (1 - 0.8**2) / ((v / (1 - 0.9**2)).sqrt() + 1e-8) * u
+    assert torch.allclose(w, expected, rtol=1e-12)
+
+
+def test_radius_step_bounds_and_no_increase():
+    state = RadiusState(math.log(0.05))
+    up = radius_step(state, -1.0, lr=0.1, optimizer="adam", rho_min=0.01, rho_max=0.2)
+    assert up.log_rho == pytest.approx(math.log(0.05) + 0.1)  # Adam's first step has size lr
+    capped = radius_step(state, -1.0, lr=10.0, optimizer="adam", rho_min=0.01, rho_max=0.2)
+    assert capped.rho == pytest.approx(0.2)
+    held = radius_step(state, -1.0, lr=0.1, optimizer="adam", rho_min=0.01, rho_max=0.2, allow_increase=False)
+    assert held.rho == pytest.approx(0.05)
+    sgd = radius_step(state, 2.0, lr=0.5, optimizer="sgd", rho_min=0.01, rho_max=0.2)
+    assert sgd.log_rho == pytest.approx(math.log(0.05) - 0.5 * 0.05 * 2.0)
+
+
+def test_loss_guard_trips_on_a_rising_loss():
+    guard = LossGuard(tolerance=0.2, beta=0.0)
+    assert not any(guard.update(x) for x in [1.0, 0.8, 0.7, 0.75])
+    assert guard.update(0.9) and guard.tripped and guard.trips == 1
+    assert not guard.update(0.72) and not guard.tripped
