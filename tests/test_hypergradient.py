@@ -5,7 +5,7 @@ import math
 
 import pytest
 import torch
-from toy import LinearRegressor, regression_data
+from toy import LR, LinearRegressor, loss_fn, regression_data, sam_sgd_step
 
 from lets_hf import LETSTrainer, LETSTrainingArguments, RadiusState, radius_step
 from lets_hf.hypergradient import (
@@ -15,28 +15,8 @@ from lets_hf.hypergradient import (
     optimizer_derivative_,
     secant_curvature_,
 )
-from lets_hf.perturbation import asam_direction, sam_direction
 
-LR, RHO = 0.1, 0.05
-
-
-def loss_fn(w, b, x, y):
-    return 0.5 * ((x @ w.reshape(-1) + b - y) ** 2).mean()
-
-
-def sam_sgd_step(w, b, micro_batches, rho, variant):
-    """theta' = theta - lr * mean_i grad l(theta + rho d_i; B_i): LETS.md's per-micro-batch semantics by hand."""
-    direction = {"sam": sam_direction, "asam": asam_direction}[variant]
-    gw_acc, gb_acc = torch.zeros_like(w), torch.zeros_like(b)
-    for x, y in micro_batches:
-        w0, b0 = w.clone().requires_grad_(), b.clone().requires_grad_()
-        g = torch.autograd.grad(loss_fn(w0, b0, x, y), [w0, b0])
-        dw, db = direction([w, b], list(g), eta=0.01)
-        w1, b1 = (w + rho * dw).requires_grad_(), (b + rho * db).requires_grad_()
-        gw, gb = torch.autograd.grad(loss_fn(w1, b1, x, y), [w1, b1])
-        gw_acc += gw / len(micro_batches)
-        gb_acc += gb / len(micro_batches)
-    return w - LR * gw_acc, b - LR * gb_acc
+RHO = 0.05
 
 
 def run_lets(args_kw, n_accum, hvp, variant="sam", seed=0):

@@ -6,6 +6,10 @@ import torch
 from torch import nn
 from transformers import BertConfig, BertForSequenceClassification
 
+from lets_hf import get_perturbation
+
+LR = 0.1  # the plain-SGD learning rate of the hand references
+
 
 class LinearRegressor(nn.Module):
     """Least squares ``1/2 mean((x^T w + b - y)^2)`` in float64: a quadratic loss, where LETS.md's estimators are
@@ -50,3 +54,33 @@ def token_data(n: int, seq_len: int = 8, num_labels: int = 2, seed: int = 0) -> 
 
 def params_of(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.named_parameters()}
+
+
+def loss_fn(w, b, x, y):
+    return 0.5 * ((x @ w.reshape(-1) + b - y) ** 2).mean()
+
+
+def hand_direction(variant, w, b, gw, gb, eta=0.01):
+    """The formulas, written out: SAM d = g/||g||; ASAM d = T^2 g/||T g||, T = |w| + eta on the matrix, 1 on b."""
+    if variant == "sam":
+        norm = torch.sqrt((gw**2).sum() + (gb**2).sum())
+        return gw / norm, gb / norm
+    if variant == "asam":
+        tw = w.abs() + eta
+        norm = torch.sqrt(((tw * gw) ** 2).sum() + (gb**2).sum())
+        return tw * tw * gw / norm, gb / norm
+    return tuple(get_perturbation(variant)([w, b], [gw, gb], eta=eta))  # a registered variant
+
+
+def sam_sgd_step(w, b, micro_batches, rho, variant, eta=0.01):
+    """theta' = theta - lr * mean_i grad l(theta + rho d_i; B_i): LETS.md's per-micro-batch semantics by hand."""
+    gw_acc, gb_acc = torch.zeros_like(w), torch.zeros_like(b)
+    for x, y in micro_batches:
+        w0, b0 = w.clone().requires_grad_(), b.clone().requires_grad_()
+        g = torch.autograd.grad(loss_fn(w0, b0, x, y), [w0, b0])
+        dw, db = hand_direction(variant, w, b, *g, eta=eta)
+        w1, b1 = (w + rho * dw).requires_grad_(), (b + rho * db).requires_grad_()
+        gw, gb = torch.autograd.grad(loss_fn(w1, b1, x, y), [w1, b1])
+        gw_acc += gw / len(micro_batches)
+        gb_acc += gb / len(micro_batches)
+    return w - LR * gw_acc, b - LR * gb_acc

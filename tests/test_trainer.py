@@ -1,0 +1,225 @@
+"""LETSTrainer against hand references and the stock Trainer: the SAM step, plain-training equivalence, cost,
+accumulation, compute_loss overrides, frozen parameters, bf16, resume, logging, refused backends."""
+
+import math
+
+import pytest
+import torch
+from toy import LinearRegressor, params_of, regression_data, sam_sgd_step, tiny_bert, token_data
+from transformers import Trainer, TrainerCallback, TrainingArguments
+
+from lets_hf import LETSTrainer, LETSTrainingArguments, register_perturbation
+
+
+def sgd_args(base_args, **kw):
+    return dict(base_args, optim="sgd", learning_rate=0.1, lr_scheduler_type="constant", weight_decay=0.0,
+                max_grad_norm=0, **kw)
+
+
+def one_step(base_args, variant, n_accum, batch, **kw):
+    data = regression_data(16)
+    model = LinearRegressor()
+    theta0 = model.linear.weight.detach().clone(), model.linear.bias.detach().clone()
+    args = LETSTrainingArguments(**sgd_args(base_args, sam_variant=variant, sam_rho=0.05, lets=False, max_steps=1,
+                                            per_device_train_batch_size=batch, gradient_accumulation_steps=n_accum),
+                                 **kw)
+    LETSTrainer(model=model, args=args, train_dataset=data).train()
+    label = {tuple(d["x"].tolist()): d["labels"] for d in data}
+    micro = [(x, torch.stack([label[tuple(r.tolist())] for r in x])) for x in model.seen[::2]]
+    return model, theta0, micro
+
+
+@pytest.mark.parametrize("variant", ["sam", "asam"])
+@pytest.mark.parametrize("n_accum,batch", [(1, 8), (2, 4)])
+def test_sam_step_equals_hand_reference(base_args, variant, n_accum, batch):
+    model, theta0, micro = one_step(base_args, variant, n_accum, batch)
+    assert len(micro) == n_accum  # ascent and descent per micro-batch: 2 forwards each
+    w1, b1 = sam_sgd_step(*theta0, micro, 0.05, variant)
+    torch.testing.assert_close(model.linear.weight.detach(), w1, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(model.linear.bias.detach(), b1, rtol=1e-12, atol=1e-12)
+
+
+def test_accumulation_is_per_micro_batch_not_one_big_batch(base_args):
+    """2 x b perturbs each micro-batch with its own direction: it differs from one batch of 2b."""
+    model, theta0, micro = one_step(base_args, "sam", 2, 4)
+    merged = [(torch.cat([x for x, _ in micro]), torch.cat([y for _, y in micro]))]
+    w_big, _ = sam_sgd_step(*theta0, merged, 0.05, "sam")
+    assert not torch.allclose(model.linear.weight.detach(), w_big, atol=1e-9)
+
+
+def test_registered_variant_is_used(base_args):
+    @register_perturbation("fisher_sam_test")
+    def fisher_sam(params, grads, *, eta):
+        """Fisher-SAM-like: d = F^-1 g / sqrt(g^T F^-1 g) with the diagonal Fisher F = 1 + eta g^2."""
+        inv = [1.0 / (1.0 + eta * g * g) for g in grads]
+        norm = torch.sqrt(sum((i * g * g).sum() for i, g in zip(inv, grads)))
+        return [i * g / norm for i, g in zip(inv, grads)]
+
+    model, theta0, micro = one_step(base_args, "fisher_sam_test", 1, 8, asam_eta=0.5)
+    w1, b1 = sam_sgd_step(*theta0, micro, 0.05, "fisher_sam_test", eta=0.5)
+    torch.testing.assert_close(model.linear.weight.detach(), w1, rtol=1e-12, atol=1e-12)
+    w_sam, _ = sam_sgd_step(*theta0, micro, 0.05, "sam")
+    assert not torch.allclose(w1, w_sam)
+
+
+# ---- equivalence with the stock Trainer ---------------------------------------------------------------------------
+def train_bert(trainer_cls, args_cls, base_args, n_accum=1, **kw):
+    model = tiny_bert()
+    args = args_cls(**base_args, max_steps=4, per_device_train_batch_size=4, gradient_accumulation_steps=n_accum,
+                    learning_rate=1e-3, **kw)
+    trainer = trainer_cls(model=model, args=args, train_dataset=token_data(32))
+    if trainer_cls is Trainer:
+        trainer.model_accepts_loss_kwargs = False  # transformers #47688, fixed the way LETSTrainer fixes it
+    trainer.train()
+    return params_of(model)
+
+
+@pytest.mark.parametrize("n_accum", [1, 2])
+@pytest.mark.parametrize("setting", [dict(sam_variant="none"), dict(sam_variant="sam", sam_rho=0.0, lets=False)])
+def test_plain_settings_equal_the_stock_trainer(base_args, setting, n_accum):
+    base = {k: v for k, v in base_args.items() if k != "lets_guard_tolerance"}
+    stock = train_bert(Trainer, TrainingArguments, base, n_accum)
+    ours = train_bert(LETSTrainer, LETSTrainingArguments, base_args, n_accum, **setting)
+    for name in stock:
+        torch.testing.assert_close(ours[name], stock[name], rtol=0, atol=1e-7, msg=name)
+    assert any(not torch.equal(stock[n], v) for n, v in params_of(tiny_bert()).items())  # training moved them
+
+
+def count_forwards(model):
+    counter = {"n": 0}
+    model.register_forward_pre_hook(lambda *_: counter.__setitem__("n", counter["n"] + 1))
+    return counter
+
+
+@pytest.mark.parametrize("setting,per_step,extra", [
+    (dict(sam_variant="none"), 1, 0),
+    (dict(sam_variant="sam", lets=False), 2, 0),
+    (dict(sam_variant="sam", lets=True, lets_interval=1), 2, 1),  # + one held-out pass per hyper-step
+    (dict(sam_variant="sam", lets=True, lets_interval=2), 2, 1),
+])
+def test_forward_passes_per_step(base_args, setting, per_step, extra):
+    model = tiny_bert()
+    counter = count_forwards(model)
+    args = LETSTrainingArguments(**base_args, max_steps=5, per_device_train_batch_size=4, **setting)
+    LETSTrainer(model=model, args=args, train_dataset=token_data(40)).train()
+    hyper_steps = len(range(1, 5, setting.get("lets_interval", 1))) if setting.get("lets") else 0
+    assert counter["n"] == 5 * per_step + extra * hyper_steps
+
+
+# ---- user code: compute_loss overrides, frozen layers, bf16 -------------------------------------------------------
+class WeightedLossTrainer(LETSTrainer):
+    """Class-weighted cross-entropy, the usual reason to override compute_loss; counts its calls."""
+
+    calls = 0
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        type(self).calls += 1
+        labels = inputs.pop("labels")
+        outputs = model(**inputs)
+        loss = torch.nn.functional.cross_entropy(outputs.logits, labels, weight=torch.tensor([1.0, 3.0]))
+        return (loss, outputs) if return_outputs else loss
+
+
+def test_compute_loss_override_is_used_in_every_pass(base_args):
+    WeightedLossTrainer.calls = 0
+    model = tiny_bert()
+    counter = count_forwards(model)
+    args = LETSTrainingArguments(**base_args, max_steps=3, per_device_train_batch_size=4, lets_interval=1)
+    WeightedLossTrainer(model=model, args=args, train_dataset=token_data(40)).train()
+    assert WeightedLossTrainer.calls == counter["n"] == 3 * 2 + 2  # ascent + descent per step, 2 held-out passes
+
+
+def test_frozen_parameters_never_move(base_args):
+    model = tiny_bert()
+    for p in model.bert.embeddings.parameters():
+        p.requires_grad_(False)
+    before = params_of(model)
+    args = LETSTrainingArguments(**base_args, max_steps=3, per_device_train_batch_size=4, learning_rate=1e-2,
+                                 sam_variant="asam", sam_rho=0.5, lets_interval=1)
+    LETSTrainer(model=model, args=args, train_dataset=token_data(40)).train()
+    after = params_of(model)
+    for name in before:
+        if name.startswith("bert.embeddings"):
+            assert torch.equal(before[name], after[name]), name
+    assert not torch.equal(before["classifier.weight"], after["classifier.weight"])
+
+
+def test_bf16_on_cpu_trains(base_args):
+    model = tiny_bert()
+    args = LETSTrainingArguments(**base_args, max_steps=3, per_device_train_batch_size=4, bf16=True,
+                                 lets_interval=1)
+    trainer = LETSTrainer(model=model, args=args, train_dataset=token_data(40))
+    trainer.train()
+    logs = [e for e in trainer.state.log_history if "loss" in e]
+    assert all(math.isfinite(e["loss"]) for e in logs) and "lets_hypergrad" in logs[-1]
+    assert math.isfinite(trainer.rho) and trainer.rho != 0.05
+
+
+# ---- held-out split, logging, resume ------------------------------------------------------------------------------
+def test_heldout_split_is_disjoint_and_stratified(base_args):
+    data = token_data(200)
+    args = LETSTrainingArguments(**base_args, lets_heldout_fraction=0.25)
+    trainer = LETSTrainer(model=tiny_bert(), args=args, train_dataset=data)
+    train, held = set(trainer.lets_split["train_indices"]), set(trainer.lets_split["heldout_indices"])
+    assert not train & held and train | held == set(range(200))
+    assert len(trainer.train_dataset) == len(train) and len(trainer.lets_dataset) == len(held) == 50
+    for label in (0, 1):
+        n = sum(int(d["labels"]) == label for d in data)
+        assert sum(int(data[i]["labels"]) == label for i in held) == round(0.25 * n)
+    again = LETSTrainer(model=tiny_bert(), args=args, train_dataset=data)
+    assert again.lets_split == trainer.lets_split  # reproducible from the seed
+
+
+def test_training_logs_carry_rho_gap_and_hypergradient(base_args):
+    args = LETSTrainingArguments(**base_args, max_steps=4, per_device_train_batch_size=4, lets_interval=2)
+    trainer = LETSTrainer(model=tiny_bert(), args=args, train_dataset=token_data(40))
+    trainer.train()
+    logs = [e for e in trainer.state.log_history if "loss" in e]
+    assert all("rho" in e for e in logs)
+    assert [e["step"] for e in logs if "lets_gap" in e] == [2, 3, 4]  # first hyper-step at step 2
+    assert logs[-1]["rho"] == pytest.approx(trainer.rho)
+    assert [h["step"] for h in trainer.lets_history] == [2, 4]
+    assert logs[-1]["lets_hypergrad"] == pytest.approx(trainer.lets_history[-1]["hypergradient"])
+
+
+@pytest.mark.parametrize("interval,n_accum", [(1, 1), (2, 2)])
+def test_resume_equals_uninterrupted_run(tmp_path, base_args, interval, n_accum):
+    class Interrupt(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            control.should_training_stop = state.global_step == 3  # after checkpoint-3 is written
+
+    def run(out, max_steps, resume=None, callbacks=()):
+        model = tiny_bert()
+        settings = dict(base_args, output_dir=str(out), save_strategy="steps", lets_guard_tolerance=0.2)
+        args = LETSTrainingArguments(**settings, save_steps=3, max_steps=max_steps, per_device_train_batch_size=4,
+                                     learning_rate=1e-2, gradient_accumulation_steps=n_accum, lets_interval=interval,
+                                     lets_lr=0.2, lets_batch_size=3)
+        trainer = LETSTrainer(model=model, args=args, train_dataset=token_data(48), callbacks=list(callbacks))
+        trainer.train(resume_from_checkpoint=resume)
+        return trainer, params_of(model)
+
+    straight, p_straight = run(tmp_path / "a", 6)
+    interrupted, _ = run(tmp_path / "b", 6, callbacks=[Interrupt()])
+    assert interrupted.state.global_step == 3
+    resumed, p_resumed = run(tmp_path / "b", 6, resume=str(tmp_path / "b" / "checkpoint-3"))
+    assert straight.rho != 0.05
+    assert resumed.rho == pytest.approx(straight.rho, rel=1e-9)  # the clip coefficient round-trips through JSON
+    assert len(resumed.lets_history) == len(straight.lets_history) == len(range(1, 6, interval))
+    for a, b in zip(resumed.lets_history, straight.lets_history):
+        assert a == pytest.approx(b, rel=1e-9, abs=1e-12)
+    for name in p_straight:
+        torch.testing.assert_close(p_resumed[name], p_straight[name], rtol=0, atol=1e-6, msg=name)
+
+
+# ---- refused backends ---------------------------------------------------------------------------------------------
+def test_deepspeed_and_fsdp_are_refused(tmp_path):
+    with pytest.raises(NotImplementedError, match="DeepSpeed is not supported"):
+        LETSTrainingArguments(output_dir=str(tmp_path), deepspeed={"train_batch_size": 8})
+    with pytest.raises(NotImplementedError, match="FSDP is not supported"):
+        LETSTrainingArguments(output_dir=str(tmp_path), fsdp="full_shard")
+
+
+def test_plain_training_arguments_are_refused(base_args):
+    base = {k: v for k, v in base_args.items() if k != "lets_guard_tolerance"}
+    with pytest.raises(TypeError, match="needs LETSTrainingArguments"):
+        LETSTrainer(model=tiny_bert(), args=TrainingArguments(**base))
