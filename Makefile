@@ -2,6 +2,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+LINT_PATHS := lets_hf glue_runs tests
 GLUE_DIR ?= ../shared/glue
 export GLUE_DIR
 export HF_HUB_OFFLINE ?= 1
@@ -18,7 +19,8 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	touch $@
 
 lint: install
-	$(BIN)/ruff check lets_hf glue_runs tests docs/examples
+	$(BIN)/ruff check $(LINT_PATHS)
+	$(BIN)/ruff format --check $(LINT_PATHS)
 
 test: install lint
 	$(BIN)/python -m pytest

@@ -13,7 +13,8 @@ New variants are registered with :func:`register_perturbation` and selected by `
 
 from __future__ import annotations
 
-from typing import Callable, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 import torch
 from torch import Tensor

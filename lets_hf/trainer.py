@@ -18,7 +18,6 @@ import json
 import logging
 import math
 import os
-from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -99,8 +98,11 @@ class LETSTrainer(Trainer):
                 train_dataset, args.lets_heldout_fraction, args.seed
             )
             self.lets_split = {"train_indices": train_idx.tolist(), "heldout_indices": heldout_idx.tolist()}
-            logger.info("LETS held-out split: %d examples carved off the training set, %d left to train on.",
-                        len(heldout_idx), len(train_idx))
+            logger.info(
+                "LETS held-out split: %d examples carved off the training set, %d left to train on.",
+                len(heldout_idx),
+                len(train_idx),
+            )
         elif lets_dataset is not None and not args.lets:
             logger.warning("lets_dataset is ignored: lets=False keeps the radius fixed.")
         super().__init__(model, args, data_collator, train_dataset, eval_dataset, **kwargs)
@@ -216,8 +218,9 @@ class LETSTrainer(Trainer):
         if pending is not None and not self.accelerator.optimizer_step_was_skipped:
             optimizer = getattr(self.optimizer, "optimizer", self.optimizer)
             if optimizer_kind(optimizer) == "other" and not self._warned_optimizer:
-                logger.warning("LETS: %s has no known preconditioner; the hypergradient assumes P = 1.",
-                               type(optimizer).__name__)
+                logger.warning(
+                    "LETS: %s has no known preconditioner; the hypergradient assumes P = 1.", type(optimizer).__name__
+                )
                 self._warned_optimizer = True
             lrs = {id(g): lr for g, lr in zip(optimizer.param_groups, pending.lrs)}
             self._w = optimizer_derivative_(pending.u, params, optimizer, lrs, pending.clip_coef)
@@ -281,18 +284,36 @@ class LETSTrainer(Trainer):
             if self.guard.update(loss_b):
                 logger.warning(
                     "LETS loss guard: the training loss (EMA %.4f) rose %.0f%% above its best (%.4f) at step %d; rho "
-                    "goes back to at most sam_rho=%.4g and may not grow until it recovers.", self.guard.ema,
-                    100 * self.guard.tolerance, self.guard.best, self.state.global_step, self.args.sam_rho)
+                    "goes back to at most sam_rho=%.4g and may not grow until it recovers.",
+                    self.guard.ema,
+                    100 * self.guard.tolerance,
+                    self.guard.best,
+                    self.state.global_step,
+                    self.args.sam_rho,
+                )
                 self.radius = RadiusState(log_rho=min(self.radius.log_rho, math.log(self.args.sam_rho)))
             allow_increase = not self.guard.tripped
         self.radius = radius_step(
-            self.radius, dF_drho, lr=self.args.lets_lr, optimizer=self.args.lets_optimizer,
-            rho_min=self.args.lets_rho_min, rho_max=self.args.lets_rho_max, allow_increase=allow_increase,
+            self.radius,
+            dF_drho,
+            lr=self.args.lets_lr,
+            optimizer=self.args.lets_optimizer,
+            rho_min=self.args.lets_rho_min,
+            rho_max=self.args.lets_rho_max,
+            allow_increase=allow_increase,
         )
         self._last_hyper = {"rho": self.rho, "lets_gap": gap, "lets_hypergrad": dF_drho}
-        self.lets_history.append({"step": self.state.global_step + 1, "rho": self.rho, "gap": gap,
-                                  "hypergradient": dF_drho, "train_loss": loss_b, "heldout_loss": loss_v,
-                                  "guard_tripped": bool(self.guard and self.guard.tripped)})
+        self.lets_history.append(
+            {
+                "step": self.state.global_step + 1,
+                "rho": self.rho,
+                "gap": gap,
+                "hypergradient": dF_drho,
+                "train_loss": loss_b,
+                "heldout_loss": loss_v,
+                "guard_tripped": bool(self.guard and self.guard.tripped),
+            }
+        )
 
     def _form_curvature(self, params, rho: float) -> _Pending:
         """``u`` from the accumulated buffer and the final gradient ``G``, identical on every rank."""
@@ -323,8 +344,10 @@ class LETSTrainer(Trainer):
     def _heldout_stream(self) -> HeldoutStream:
         if self._heldout is None:
             if self.lets_dataset is None:
-                raise ValueError("lets=True needs held-out data: pass lets_dataset=... or a train_dataset to carve "
-                                 "lets_heldout_fraction off.")
+                raise ValueError(
+                    "lets=True needs held-out data: pass lets_dataset=... or a train_dataset to carve "
+                    "lets_heldout_fraction off."
+                )
             sampler_box: list[EpochPermutationSampler] = []
 
             def sampler_fn(dataset):
@@ -363,8 +386,10 @@ class LETSTrainer(Trainer):
         if self._pending is not None:
             p = self._pending
             state["pending"] = {"lrs": p.lrs, "clip_coef": float(p.clip_coef)}
-            _atomic(os.path.join(folder, LETS_CURVATURE_NAME),
-                    lambda path: save_file({f"u.{i}": t.contiguous() for i, t in enumerate(p.u)}, path))
+            _atomic(
+                os.path.join(folder, LETS_CURVATURE_NAME),
+                lambda path: save_file({f"u.{i}": t.contiguous() for i, t in enumerate(p.u)}, path),
+            )
         _atomic(os.path.join(folder, LETS_STATE_NAME), lambda path: _write_json(state, path))
 
     def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:

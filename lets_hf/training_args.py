@@ -31,8 +31,10 @@ class LETSTrainingArguments(TrainingArguments):
     # ---- sharpness-aware minimisation --------------------------------------------------------------------------
     sam_variant: str = field(
         default="sam",
-        metadata={"help": "Perturbation: 'none' (plain training, one pass), 'sam', 'asam', or any variant "
-                  "registered with lets_hf.register_perturbation."},
+        metadata={
+            "help": "Perturbation: 'none' (plain training, one pass), 'sam', 'asam', or any variant "
+            "registered with lets_hf.register_perturbation."
+        },
     )
     sam_rho: float = field(
         default=0.05,
@@ -44,9 +46,11 @@ class LETSTrainingArguments(TrainingArguments):
     )
     sam_sync_perturbation: bool = field(
         default=True,
-        metadata={"help": "True: one global perturbation from the rank-averaged ascent gradient (N ranks x batch b "
-                  "equal one process with batch N*b). False: each rank perturbs with its own gradient (the SAM "
-                  "paper's m-sharpness; equals gradient accumulation N x b) and skips one all-reduce."},
+        metadata={
+            "help": "True: one global perturbation from the rank-averaged ascent gradient (N ranks x batch b "
+            "equal one process with batch N*b). False: each rank perturbs with its own gradient (the SAM "
+            "paper's m-sharpness; equals gradient accumulation N x b) and skips one all-reduce."
+        },
     )
     # ---- LETS: learning the radius ----------------------------------------------------------------------------
     lets: bool = field(
@@ -55,8 +59,10 @@ class LETSTrainingArguments(TrainingArguments):
     )
     lets_lr: float = field(
         default=0.01,
-        metadata={"help": "Learning rate of the radius optimizer on log rho. With Adam, log rho moves by at most "
-                  "about lets_lr per hyper-step."},
+        metadata={
+            "help": "Learning rate of the radius optimizer on log rho. With Adam, log rho moves by at most "
+            "about lets_lr per hyper-step."
+        },
     )
     lets_optimizer: str = field(
         default="adam",
@@ -64,8 +70,10 @@ class LETSTrainingArguments(TrainingArguments):
     )
     lets_interval: int = field(
         default=10,
-        metadata={"help": "Optimizer steps between radius hyper-steps; each costs one held-out forward/backward, "
-                  "so LETS adds about 1/(2 * lets_interval) to SAM's cost."},
+        metadata={
+            "help": "Optimizer steps between radius hyper-steps; each costs one held-out forward/backward, "
+            "so LETS adds about 1/(2 * lets_interval) to SAM's cost."
+        },
     )
     lets_rho_min: float | None = field(
         default=None,
@@ -77,13 +85,18 @@ class LETSTrainingArguments(TrainingArguments):
     )
     lets_hvp: str = field(
         default="secant",
-        metadata={"help": "Curvature estimator u = d(descent grad)/d rho: 'secant' (free), 'fisher' (diagonal "
-                  "empirical Fisher) or 'exact' (double backward, for checking).", "choices": list(HVP_ESTIMATORS)},
+        metadata={
+            "help": "Curvature estimator u = d(descent grad)/d rho: 'secant' (free), 'fisher' (diagonal "
+            "empirical Fisher) or 'exact' (double backward, for checking).",
+            "choices": list(HVP_ESTIMATORS),
+        },
     )
     lets_heldout_fraction: float = field(
         default=0.1,
-        metadata={"help": "When no lets_dataset is given: the fraction of the training set carved off (stratified, "
-                  "from the seed) as held-out data for rho. Those examples are never trained on."},
+        metadata={
+            "help": "When no lets_dataset is given: the fraction of the training set carved off (stratified, "
+            "from the seed) as held-out data for rho. Those examples are never trained on."
+        },
     )
     lets_batch_size: int | None = field(
         default=None,
@@ -91,8 +104,10 @@ class LETSTrainingArguments(TrainingArguments):
     )
     lets_guard_tolerance: float | None = field(
         default=0.2,
-        metadata={"help": "Loss guard: when the EMA of the training loss rises this fraction above its best, rho is "
-                  "sent back to at most sam_rho and may not grow until the loss recovers. None disables it."},
+        metadata={
+            "help": "Loss guard: when the EMA of the training loss rises this fraction above its best, rho is "
+            "sent back to at most sam_rho and may not grow until the loss recovers. None disables it."
+        },
     )
 
     def __post_init__(self):
@@ -118,31 +133,45 @@ class LETSTrainingArguments(TrainingArguments):
         if self.sam_variant == "none" and self.lets:
             logger.info("sam_variant='none': there is no radius to learn, so lets is turned off.")
             self.lets = False
-        _require(self.lets_optimizer in RADIUS_OPTIMIZERS,
-                 f"lets_optimizer={self.lets_optimizer!r} must be one of {RADIUS_OPTIMIZERS}.")
+        _require(
+            self.lets_optimizer in RADIUS_OPTIMIZERS,
+            f"lets_optimizer={self.lets_optimizer!r} must be one of {RADIUS_OPTIMIZERS}.",
+        )
         _require(self.lets_hvp in HVP_ESTIMATORS, f"lets_hvp={self.lets_hvp!r} must be one of {HVP_ESTIMATORS}.")
         _require(self.lets_lr > 0, f"lets_lr={self.lets_lr} must be > 0.")
         _require(self.lets_interval >= 1, f"lets_interval={self.lets_interval} must be >= 1.")
-        _require(0 < self.lets_heldout_fraction < 1,
-                 f"lets_heldout_fraction={self.lets_heldout_fraction} must lie in (0, 1), e.g. 0.1.")
-        _require(self.lets_batch_size is None or self.lets_batch_size >= 1,
-                 f"lets_batch_size={self.lets_batch_size} must be >= 1.")
-        _require(self.lets_guard_tolerance is None or self.lets_guard_tolerance > 0,
-                 f"lets_guard_tolerance={self.lets_guard_tolerance} must be > 0, or None to disable the guard.")
+        _require(
+            0 < self.lets_heldout_fraction < 1,
+            f"lets_heldout_fraction={self.lets_heldout_fraction} must lie in (0, 1), e.g. 0.1.",
+        )
+        _require(
+            self.lets_batch_size is None or self.lets_batch_size >= 1,
+            f"lets_batch_size={self.lets_batch_size} must be >= 1.",
+        )
+        _require(
+            self.lets_guard_tolerance is None or self.lets_guard_tolerance > 0,
+            f"lets_guard_tolerance={self.lets_guard_tolerance} must be > 0, or None to disable the guard.",
+        )
         if not self.lets:
             return
-        _require(self.sam_rho > 0, "lets=True learns log(rho), so it needs sam_rho > 0 (e.g. 0.05); "
-                 "use lets=False for a fixed radius of 0.")
+        _require(
+            self.sam_rho > 0,
+            "lets=True learns log(rho), so it needs sam_rho > 0 (e.g. 0.05); use lets=False for a fixed radius of 0.",
+        )
         if self.lets_rho_min is None:
             self.lets_rho_min = self.sam_rho / 4
         if self.lets_rho_max is None:
             self.lets_rho_max = self.sam_rho * 4
         _require(self.lets_rho_min > 0, f"lets_rho_min={self.lets_rho_min} must be > 0 (rho is learned in log space).")
-        _require(self.lets_rho_min <= self.lets_rho_max,
-                 f"lets_rho_min={self.lets_rho_min} > lets_rho_max={self.lets_rho_max}: swap them or widen the range.")
-        _require(self.lets_rho_min <= self.sam_rho <= self.lets_rho_max,
-                 f"sam_rho={self.sam_rho} lies outside [lets_rho_min, lets_rho_max] = "
-                 f"[{self.lets_rho_min}, {self.lets_rho_max}]: the initial radius must be inside the bounds.")
+        _require(
+            self.lets_rho_min <= self.lets_rho_max,
+            f"lets_rho_min={self.lets_rho_min} > lets_rho_max={self.lets_rho_max}: swap them or widen the range.",
+        )
+        _require(
+            self.lets_rho_min <= self.sam_rho <= self.lets_rho_max,
+            f"sam_rho={self.sam_rho} lies outside [lets_rho_min, lets_rho_max] = "
+            f"[{self.lets_rho_min}, {self.lets_rho_max}]: the initial radius must be inside the bounds.",
+        )
 
 
 _BACKEND_MESSAGE = (

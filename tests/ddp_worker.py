@@ -25,10 +25,24 @@ DDP_CASES = {
 def train(out_dir, overrides, n_accum, batch, heldout_batch):
     """The shared recipe: tiny float64 BERT, AdamW with clipping, LETS every step with a fast radius."""
     model = tiny_bert(dtype=torch.float64)
-    settings = dict(output_dir=out_dir, report_to="none", use_cpu=True, save_strategy="no", disable_tqdm=True,
-                    max_steps=STEPS, learning_rate=1e-2, max_grad_norm=0.5, seed=0, logging_steps=1,
-                    per_device_train_batch_size=batch, gradient_accumulation_steps=n_accum,
-                    lets_interval=1, lets_lr=0.2, lets_batch_size=heldout_batch, lets_guard_tolerance=None)
+    settings = dict(
+        output_dir=out_dir,
+        report_to="none",
+        use_cpu=True,
+        save_strategy="no",
+        disable_tqdm=True,
+        max_steps=STEPS,
+        learning_rate=1e-2,
+        max_grad_norm=0.5,
+        seed=0,
+        logging_steps=1,
+        per_device_train_batch_size=batch,
+        gradient_accumulation_steps=n_accum,
+        lets_interval=1,
+        lets_lr=0.2,
+        lets_batch_size=heldout_batch,
+        lets_guard_tolerance=None,
+    )
     args = LETSTrainingArguments(**{**settings, **overrides})
     trainer = LETSTrainer(model=model, args=args, train_dataset=token_data(64), lets_dataset=token_data(12, seed=1))
     trainer.train()
@@ -40,7 +54,9 @@ if __name__ == "__main__":
     rank = int(os.environ["RANK"])
     for name, (overrides, n_accum) in DDP_CASES.items():
         params, rho = train(os.path.join(out, name), overrides, n_accum, B, HELDOUT_B)
-        torch.save({"params": params, "rho": rho, "world_size": int(os.environ["WORLD_SIZE"])},
-                   os.path.join(out, f"{name}_rank{rank}.pt"))
+        torch.save(
+            {"params": params, "rho": rho, "world_size": int(os.environ["WORLD_SIZE"])},
+            os.path.join(out, f"{name}_rank{rank}.pt"),
+        )
     torch.distributed.barrier()
     torch.distributed.destroy_process_group()  # a clean exit; without it gloo can abort at interpreter shutdown

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 import torch
-from ddp_worker import B, DDP_CASES, HELDOUT_B, train
+from ddp_worker import DDP_CASES, HELDOUT_B, B, train
 
 HERE = os.path.dirname(__file__)
 
@@ -16,9 +16,21 @@ HERE = os.path.dirname(__file__)
 @pytest.fixture(scope="module")
 def ddp_results(tmp_path_factory):
     out = tmp_path_factory.mktemp("ddp")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           os.path.join(HERE, "ddp_worker.py"), str(out)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([HERE, os.environ.get("PYTHONPATH", "")])}
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        os.path.join(HERE, "ddp_worker.py"),
+        str(out),
+    ]
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join([HERE, os.environ.get("PYTHONPATH", "")]),
+    }
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return {name: [torch.load(out / f"{name}_rank{r}.pt") for r in (0, 1)] for name in DDP_CASES}

@@ -24,9 +24,20 @@ def run_lets(args_kw, n_accum, hvp, variant="sam", seed=0):
     model = LinearRegressor(seed=seed)
     w0, b0 = model.linear.weight.detach().clone(), model.linear.bias.detach().clone()
     args = LETSTrainingArguments(
-        **args_kw, optim="sgd", learning_rate=LR, lr_scheduler_type="constant", weight_decay=0.0, max_grad_norm=0,
-        sam_variant=variant, sam_rho=RHO, lets_interval=1, lets_hvp=hvp, max_steps=2,
-        per_device_train_batch_size=16 // n_accum, gradient_accumulation_steps=n_accum, lets_batch_size=8,
+        **args_kw,
+        optim="sgd",
+        learning_rate=LR,
+        lr_scheduler_type="constant",
+        weight_decay=0.0,
+        max_grad_norm=0,
+        sam_variant=variant,
+        sam_rho=RHO,
+        lets_interval=1,
+        lets_hvp=hvp,
+        max_steps=2,
+        per_device_train_batch_size=16 // n_accum,
+        gradient_accumulation_steps=n_accum,
+        lets_batch_size=8,
     )
     trainer = LETSTrainer(model=model, args=args, train_dataset=data[:16], lets_dataset=data[16:])
     trainer.train()
@@ -73,9 +84,10 @@ def test_fisher_runs_and_differs_from_exact(base_args):
 
 
 def test_radius_moves_against_the_hypergradient(base_args):
-    trainer, *_ , logged = run_lets(base_args, 1, "secant")
-    expected = radius_step(RadiusState(math.log(RHO)), logged, lr=0.01, optimizer="adam",
-                           rho_min=RHO / 4, rho_max=4 * RHO)
+    trainer, *_, logged = run_lets(base_args, 1, "secant")
+    expected = radius_step(
+        RadiusState(math.log(RHO)), logged, lr=0.01, optimizer="adam", rho_min=RHO / 4, rho_max=4 * RHO
+    )
     assert trainer.rho == pytest.approx(expected.rho, rel=1e-12)
     assert (trainer.rho - RHO) * logged < 0
 

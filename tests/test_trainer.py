@@ -12,17 +12,33 @@ from lets_hf import LETSTrainer, LETSTrainingArguments, register_perturbation
 
 
 def sgd_args(base_args, **kw):
-    return dict(base_args, optim="sgd", learning_rate=0.1, lr_scheduler_type="constant", weight_decay=0.0,
-                max_grad_norm=0, **kw)
+    return dict(
+        base_args,
+        optim="sgd",
+        learning_rate=0.1,
+        lr_scheduler_type="constant",
+        weight_decay=0.0,
+        max_grad_norm=0,
+        **kw,
+    )
 
 
 def one_step(base_args, variant, n_accum, batch, **kw):
     data = regression_data(16)
     model = LinearRegressor()
     theta0 = model.linear.weight.detach().clone(), model.linear.bias.detach().clone()
-    args = LETSTrainingArguments(**sgd_args(base_args, sam_variant=variant, sam_rho=0.05, lets=False, max_steps=1,
-                                            per_device_train_batch_size=batch, gradient_accumulation_steps=n_accum),
-                                 **kw)
+    args = LETSTrainingArguments(
+        **sgd_args(
+            base_args,
+            sam_variant=variant,
+            sam_rho=0.05,
+            lets=False,
+            max_steps=1,
+            per_device_train_batch_size=batch,
+            gradient_accumulation_steps=n_accum,
+        ),
+        **kw,
+    )
     LETSTrainer(model=model, args=args, train_dataset=data).train()
     label = {tuple(d["x"].tolist()): d["labels"] for d in data}
     micro = [(x, torch.stack([label[tuple(r.tolist())] for r in x])) for x in model.seen[::2]]
@@ -65,8 +81,14 @@ def test_registered_variant_is_used(base_args):
 # ---- equivalence with the stock Trainer ---------------------------------------------------------------------------
 def train_bert(trainer_cls, args_cls, base_args, n_accum=1, **kw):
     model = tiny_bert()
-    args = args_cls(**base_args, max_steps=4, per_device_train_batch_size=4, gradient_accumulation_steps=n_accum,
-                    learning_rate=1e-3, **kw)
+    args = args_cls(
+        **base_args,
+        max_steps=4,
+        per_device_train_batch_size=4,
+        gradient_accumulation_steps=n_accum,
+        learning_rate=1e-3,
+        **kw,
+    )
     trainer = trainer_cls(model=model, args=args, train_dataset=token_data(32))
     if trainer_cls is Trainer:
         trainer.model_accepts_loss_kwargs = False  # transformers #47688, fixed the way LETSTrainer fixes it
@@ -91,12 +113,15 @@ def count_forwards(model):
     return counter
 
 
-@pytest.mark.parametrize("setting,per_step,extra", [
-    (dict(sam_variant="none"), 1, 0),
-    (dict(sam_variant="sam", lets=False), 2, 0),
-    (dict(sam_variant="sam", lets=True, lets_interval=1), 2, 1),  # + one held-out pass per hyper-step
-    (dict(sam_variant="sam", lets=True, lets_interval=2), 2, 1),
-])
+@pytest.mark.parametrize(
+    "setting,per_step,extra",
+    [
+        (dict(sam_variant="none"), 1, 0),
+        (dict(sam_variant="sam", lets=False), 2, 0),
+        (dict(sam_variant="sam", lets=True, lets_interval=1), 2, 1),  # + one held-out pass per hyper-step
+        (dict(sam_variant="sam", lets=True, lets_interval=2), 2, 1),
+    ],
+)
 def test_forward_passes_per_step(base_args, setting, per_step, extra):
     model = tiny_bert()
     counter = count_forwards(model)
@@ -134,8 +159,15 @@ def test_frozen_parameters_never_move(base_args):
     for p in model.bert.embeddings.parameters():
         p.requires_grad_(False)
     before = params_of(model)
-    args = LETSTrainingArguments(**base_args, max_steps=3, per_device_train_batch_size=4, learning_rate=1e-2,
-                                 sam_variant="asam", sam_rho=0.5, lets_interval=1)
+    args = LETSTrainingArguments(
+        **base_args,
+        max_steps=3,
+        per_device_train_batch_size=4,
+        learning_rate=1e-2,
+        sam_variant="asam",
+        sam_rho=0.5,
+        lets_interval=1,
+    )
     LETSTrainer(model=model, args=args, train_dataset=token_data(40)).train()
     after = params_of(model)
     for name in before:
@@ -146,8 +178,7 @@ def test_frozen_parameters_never_move(base_args):
 
 def test_bf16_on_cpu_trains(base_args):
     model = tiny_bert()
-    args = LETSTrainingArguments(**base_args, max_steps=3, per_device_train_batch_size=4, bf16=True,
-                                 lets_interval=1)
+    args = LETSTrainingArguments(**base_args, max_steps=3, per_device_train_batch_size=4, bf16=True, lets_interval=1)
     trainer = LETSTrainer(model=model, args=args, train_dataset=token_data(40))
     trainer.train()
     logs = [e for e in trainer.state.log_history if "loss" in e]
@@ -191,9 +222,17 @@ def test_resume_equals_uninterrupted_run(tmp_path, base_args, interval, n_accum)
     def run(out, max_steps, resume=None, callbacks=()):
         model = tiny_bert()
         settings = dict(base_args, output_dir=str(out), save_strategy="steps", lets_guard_tolerance=0.2)
-        args = LETSTrainingArguments(**settings, save_steps=3, max_steps=max_steps, per_device_train_batch_size=4,
-                                     learning_rate=1e-2, gradient_accumulation_steps=n_accum, lets_interval=interval,
-                                     lets_lr=0.2, lets_batch_size=3)
+        args = LETSTrainingArguments(
+            **settings,
+            save_steps=3,
+            max_steps=max_steps,
+            per_device_train_batch_size=4,
+            learning_rate=1e-2,
+            gradient_accumulation_steps=n_accum,
+            lets_interval=interval,
+            lets_lr=0.2,
+            lets_batch_size=3,
+        )
         trainer = LETSTrainer(model=model, args=args, train_dataset=token_data(48), callbacks=list(callbacks))
         trainer.train(resume_from_checkpoint=resume)
         return trainer, params_of(model)

@@ -8,21 +8,24 @@ from transformers import HfArgumentParser, TrainingArguments
 from lets_hf import LETSTrainingArguments
 
 
-@pytest.mark.parametrize("kw,match", [
-    (dict(sam_rho=-0.1), r"sam_rho=-0.1 must be >= 0"),
-    (dict(sam_variant="adasam"), r"sam_variant='adasam' is unknown.*register_perturbation"),
-    (dict(lets_rho_min=0.2, lets_rho_max=0.1), r"lets_rho_min=0.2 > lets_rho_max=0.1"),
-    (dict(lets_rho_min=0.0), r"lets_rho_min=0.0 must be > 0"),
-    (dict(sam_rho=1.0), r"sam_rho=1.0 lies outside"),
-    (dict(lets_heldout_fraction=1.0), r"lets_heldout_fraction=1.0 must lie in \(0, 1\)"),
-    (dict(lets_heldout_fraction=0.0), r"lets_heldout_fraction=0.0 must lie in \(0, 1\)"),
-    (dict(lets_interval=0), r"lets_interval=0 must be >= 1"),
-    (dict(lets_lr=0.0), r"lets_lr=0.0 must be > 0"),
-    (dict(lets_hvp="newton"), r"lets_hvp='newton' must be one of"),
-    (dict(lets_optimizer="lion"), r"lets_optimizer='lion' must be one of"),
-    (dict(sam_rho=0.0), r"lets=True learns log\(rho\), so it needs sam_rho > 0"),
-    (dict(lets_guard_tolerance=-1.0), r"lets_guard_tolerance=-1.0 must be > 0"),
-])
+@pytest.mark.parametrize(
+    "kw,match",
+    [
+        (dict(sam_rho=-0.1), r"sam_rho=-0.1 must be >= 0"),
+        (dict(sam_variant="adasam"), r"sam_variant='adasam' is unknown.*register_perturbation"),
+        (dict(lets_rho_min=0.2, lets_rho_max=0.1), r"lets_rho_min=0.2 > lets_rho_max=0.1"),
+        (dict(lets_rho_min=0.0), r"lets_rho_min=0.0 must be > 0"),
+        (dict(sam_rho=1.0), r"sam_rho=1.0 lies outside"),
+        (dict(lets_heldout_fraction=1.0), r"lets_heldout_fraction=1.0 must lie in \(0, 1\)"),
+        (dict(lets_heldout_fraction=0.0), r"lets_heldout_fraction=0.0 must lie in \(0, 1\)"),
+        (dict(lets_interval=0), r"lets_interval=0 must be >= 1"),
+        (dict(lets_lr=0.0), r"lets_lr=0.0 must be > 0"),
+        (dict(lets_hvp="newton"), r"lets_hvp='newton' must be one of"),
+        (dict(lets_optimizer="lion"), r"lets_optimizer='lion' must be one of"),
+        (dict(sam_rho=0.0), r"lets=True learns log\(rho\), so it needs sam_rho > 0"),
+        (dict(lets_guard_tolerance=-1.0), r"lets_guard_tolerance=-1.0 must be > 0"),
+    ],
+)
 def test_invalid_settings_are_refused_with_the_fix(tmp_path, kw, match):
     kw = {"lets_rho_min": 0.01, "lets_rho_max": 0.2, **kw} if "sam_rho" in kw and kw["sam_rho"] == 1.0 else kw
     with pytest.raises(ValueError, match=match):
@@ -38,13 +41,38 @@ def test_defaults_tie_the_bounds_to_the_initial_radius(tmp_path):
 
 
 def test_every_field_is_a_cli_flag_with_help(tmp_path):
-    ours = [f for f in dataclasses.fields(LETSTrainingArguments)
-            if f.name not in {g.name for g in dataclasses.fields(TrainingArguments)}]
+    ours = [
+        f
+        for f in dataclasses.fields(LETSTrainingArguments)
+        if f.name not in {g.name for g in dataclasses.fields(TrainingArguments)}
+    ]
     assert len(ours) == 14
-    assert all(len(f.metadata.get("help", "")) > 20 for f in ours), [f.name for f in ours if not f.metadata.get("help")]
+    assert all(len(f.metadata.get("help", "")) > 20 for f in ours), [
+        f.name for f in ours if not f.metadata.get("help")
+    ]
     (args,) = HfArgumentParser(LETSTrainingArguments).parse_args_into_dataclasses(
-        ["--output_dir", str(tmp_path), "--sam_variant", "asam", "--sam_rho", "0.5", "--lets_interval", "3",
-         "--sam_sync_perturbation", "false", "--lets_hvp", "fisher", "--lets_rho_max", "1.0"])
+        [
+            "--output_dir",
+            str(tmp_path),
+            "--sam_variant",
+            "asam",
+            "--sam_rho",
+            "0.5",
+            "--lets_interval",
+            "3",
+            "--sam_sync_perturbation",
+            "false",
+            "--lets_hvp",
+            "fisher",
+            "--lets_rho_max",
+            "1.0",
+        ]
+    )
     assert (args.sam_variant, args.sam_rho, args.lets_interval, args.sam_sync_perturbation, args.lets_hvp) == (
-        "asam", 0.5, 3, False, "fisher")
+        "asam",
+        0.5,
+        3,
+        False,
+        "fisher",
+    )
     assert args.lets_rho_min == 0.125 and args.lets_rho_max == 1.0

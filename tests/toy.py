@@ -38,9 +38,17 @@ def regression_data(n: int, dim: int = 3, seed: int = 0) -> list[dict]:
 def tiny_bert(seed: int = 0, num_labels: int = 2, dtype=torch.float32) -> BertForSequenceClassification:
     """A 1-layer BERT with dropout off, so that runs are deterministic and comparable."""
     torch.manual_seed(seed)
-    config = BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                        intermediate_size=32, max_position_embeddings=32, num_labels=num_labels,
-                        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    config = BertConfig(
+        vocab_size=64,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=32,
+        num_labels=num_labels,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
     return BertForSequenceClassification(config).to(dtype)
 
 
@@ -48,8 +56,10 @@ def token_data(n: int, seq_len: int = 8, num_labels: int = 2, seed: int = 0) -> 
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(1, 64, (n, seq_len), generator=g)
     labels = torch.randint(0, num_labels, (n,), generator=g)
-    return [{"input_ids": ids[i], "attention_mask": torch.ones(seq_len, dtype=torch.long), "labels": labels[i]}
-            for i in range(n)]
+    return [
+        {"input_ids": ids[i], "attention_mask": torch.ones(seq_len, dtype=torch.long), "labels": labels[i]}
+        for i in range(n)
+    ]
 
 
 def params_of(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -1,0 +1,3 @@
+from .run_glue import cli
+
+cli()

@@ -1,0 +1,185 @@
+"""Load a GLUE task from the Hub, a local GLUE directory (original TSVs) or CSV/JSON files, all into one shape.
+
+Every split becomes a `datasets.Dataset` with the task's Hub text columns, ``label`` (class id, float for STS-B,
+-1 where the split has no labels) and ``idx`` (the row's GLUE index, used in submission files).
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+from dataclasses import replace
+
+import datasets
+
+from .tasks import GLUE_TASKS, GlueTask
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["DataError", "load_custom_files", "load_glue_dir", "load_hub", "read_glue_tsv"]
+
+csv.field_size_limit(10**8)  # QNLI/MNLI hold long paragraphs
+
+
+class DataError(ValueError):
+    """Bad input data; the message names the file, the problem and the fix."""
+
+
+def read_glue_tsv(path: str, task: GlueTask, split: str) -> datasets.Dataset:
+    """Read one original GLUE TSV with ``csv.QUOTE_NONE`` (GLUE's own reading; quotes are literal characters).
+
+    Handles the BOM of MRPC (``utf-8-sig``), the header-less CoLA train/dev and the label-less test files. Every
+    row must have as many fields as the header, and every label must belong to the task's label set.
+    """
+    if not os.path.isfile(path):
+        raise DataError(
+            f"{path} does not exist: point --glue_dir (or GLUE_DIR) at the folder that holds "
+            f"{task.name}/, in the layout of GLUE's download_glue_data.py."
+        )
+    labeled = split not in task.test_splits
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+    has_header = task.tsv_header or not labeled
+    header = rows[0] if has_header else None
+    body = rows[1:] if has_header else rows
+    width = len(header) if header else len(body[0]) if body else 0
+    for n, row in enumerate(body, start=2 if has_header else 1):
+        if len(row) != width:
+            raise DataError(
+                f"{path}, line {n}: expected {width} tab-separated fields, got {len(row)}. Read GLUE "
+                "files with csv.QUOTE_NONE; if the file was edited, look for a stray tab or line break."
+            )
+
+    def column(spec: str | int, hub_name: str) -> int:
+        if header is None:
+            return int(spec)
+        name = hub_name if isinstance(spec, int) else spec  # CoLA's test file has a header with Hub names
+        if name not in header:
+            raise DataError(
+                f"{path}: missing column {name!r} (header: {header}). Is this the {task.name} "
+                f"{split} file of the original GLUE layout?"
+            )
+        return header.index(name)
+
+    columns = {hub: column(spec, hub) for hub, spec in task.tsv_columns.items()}
+    index_col = next((header.index(c) for c in ("index", "id") if header and c in header), None)
+    out: dict[str, list] = {c: [row[i] for row in body] for c, i in columns.items()}
+    out["idx"] = [int(row[index_col]) if index_col is not None else n for n, row in enumerate(body)]
+    if labeled:
+        label_col = column(task.tsv_label, "label")
+        out["label"] = [
+            _parse_label(row[label_col], task, f"{path}, line {n + 1 + has_header}") for n, row in enumerate(body)
+        ]
+    else:
+        out["label"] = [-1.0 if task.is_regression else -1] * len(body)
+    return datasets.Dataset.from_dict(out)
+
+
+def _parse_label(value: str, task: GlueTask, where: str) -> int | float:
+    if task.is_regression:
+        try:
+            return float(value)
+        except ValueError:
+            raise DataError(f"{where}: label {value!r} is not a number ({task.name} is a regression task).") from None
+    if value not in task.labels:
+        raise DataError(
+            f"{where}: label {value!r} is not one of {list(task.labels)} for {task.name}. Fix the row "
+            "or check that the file belongs to this task."
+        )
+    return task.labels.index(value)
+
+
+def _tsv_path(glue_dir: str, task: GlueTask, split: str) -> str:
+    short = "dev" if split == "validation" else split
+    return os.path.normpath(os.path.join(glue_dir, task.name, task.tsv_files.get(split, f"{short}.tsv")))
+
+
+def load_glue_dir(task: GlueTask, glue_dir: str, with_test: bool) -> datasets.DatasetDict:
+    """``train``, the dev split(s) and, with ``with_test``, the test split(s) from ``glue_dir/<TASK>/*.tsv``."""
+    if not os.path.isdir(glue_dir):
+        raise DataError(
+            f"GLUE directory {glue_dir!r} does not exist: pass --glue_dir or set GLUE_DIR to the folder "
+            "holding CoLA/, RTE/, ... (see docs/cli.md)."
+        )
+    splits = ["train", *task.dev_splits, *(task.test_splits if with_test else ())]
+    return datasets.DatasetDict({s: read_glue_tsv(_tsv_path(glue_dir, task, s), task, s) for s in splits})
+
+
+def load_hub(task: GlueTask, with_test: bool, cache_dir: str | None = None) -> datasets.DatasetDict:
+    """The task from the Hub dataset ``nyu-mll/glue`` (downloaded once, then cached)."""
+    raw = datasets.load_dataset("nyu-mll/glue", task.hub_config, cache_dir=cache_dir)
+    keep = ["train", *task.dev_splits, *(task.test_splits if with_test else ())]
+    return datasets.DatasetDict({s: raw[s] for s in keep if s in raw})
+
+
+def load_custom_files(
+    task: GlueTask | None, train_file: str | None, validation_file: str | None, test_file: str | None
+) -> tuple[GlueTask, datasets.DatasetDict]:
+    """CSV or JSON(-lines) files. With a task, they need its text columns and ``label`` (ids or label names);
+    without one, ``sentence`` or ``sentence1``/``sentence2`` and ``label`` (a float label makes it regression)."""
+    files = {s: f for s, f in (("train", train_file), ("validation", validation_file), ("test", test_file)) if f}
+    for split, path in files.items():
+        if not os.path.isfile(path):
+            raise DataError(f"--{split}_file {path} does not exist.")
+        if not path.endswith((".csv", ".json", ".jsonl")):
+            raise DataError(f"--{split}_file {path}: use a .csv, .json or .jsonl file.")
+    kind = "csv" if next(iter(files.values())).endswith(".csv") else "json"
+    raw = datasets.load_dataset(kind, data_files=files)
+    if task is None:
+        task = _infer_task(raw["train" if "train" in raw else next(iter(raw))])
+    out = {}
+    for split, ds in raw.items():
+        missing = [
+            c for c in (*task.text_columns, *(("label",) if split != "test" else ())) if c not in ds.column_names
+        ]
+        if missing:
+            raise DataError(f"--{split}_file {files[split]}: missing column(s) {missing}; it has {ds.column_names}.")
+        labels = (
+            [_custom_label(v, task, f"--{split}_file {files[split]}, row {i + 1}") for i, v in enumerate(ds["label"])]
+            if "label" in ds.column_names and split != "test"
+            else [-1.0 if task.is_regression else -1] * len(ds)
+        )
+        idx = ds["idx"] if "idx" in ds.column_names else list(range(len(ds)))
+        out[split] = datasets.Dataset.from_dict({**{c: ds[c] for c in task.text_columns}, "label": labels, "idx": idx})
+    return task, datasets.DatasetDict(out)
+
+
+def _custom_label(value, task: GlueTask, where: str) -> int | float:
+    if task.is_regression:
+        return float(value)
+    if isinstance(value, str) and value in task.labels:
+        return task.labels.index(value)
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():  # ids read as text (mixed-type CSVs)
+        value = int(value)
+    if isinstance(value, (int, float)) and float(value).is_integer() and 0 <= int(value) < task.num_labels:
+        return int(value)
+    raise DataError(
+        f"{where}: label {value!r} is outside the label set {list(task.labels)} (or ids 0..{task.num_labels - 1})."
+    )
+
+
+def _infer_task(ds: datasets.Dataset) -> GlueTask:
+    text = ("sentence1", "sentence2") if "sentence1" in ds.column_names else ("sentence",)
+    if text[0] not in ds.column_names or "label" not in ds.column_names:
+        raise DataError(
+            f"Custom files need 'sentence' or 'sentence1'/'sentence2' and 'label' columns (or pass "
+            f"--task_name); found {ds.column_names}."
+        )
+    values = ds["label"]
+    if all(isinstance(v, str) for v in values):
+        labels = tuple(sorted(set(values)))
+    elif all(float(v).is_integer() for v in values):
+        labels = tuple(str(i) for i in range(int(max(values)) + 1))
+    else:
+        labels = None
+    metrics = ("pearson", "spearmanr") if labels is None else ("accuracy",)
+    return replace(
+        GLUE_TASKS["RTE"],
+        name="custom",
+        hub_config="",
+        text_columns=text,
+        labels=labels,
+        metrics=metrics,
+        submission={"test": "custom.tsv"},
+    )

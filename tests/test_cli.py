@@ -1,0 +1,284 @@
+"""`lets-glue` end to end on real GLUE files (MiniLM, a tiny RoBERTa), the MNLI/AX layout, and bad input."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from glue_runs.run_glue import cli, run
+
+FAST = [
+    "--do_train",
+    "--do_eval",
+    "--report_to",
+    "none",
+    "--use_cpu",
+    "true",
+    "--max_seq_length",
+    "64",
+    "--save_strategy",
+    "no",
+    "--logging_steps",
+    "1",
+    "--lets_interval",
+    "1",
+    "--disable_tqdm",
+    "true",
+]
+
+
+def read_tsv(path):
+    with open(path) as f:
+        return list(csv.reader(f, delimiter="\t"))
+
+
+def test_minilm_rte_end_to_end(glue_dir, tmp_path):
+    out = tmp_path / "rte"
+    results, trainer = run(
+        [
+            "--model_name_or_path",
+            "packaged:minilm-l6",
+            "--task_name",
+            "RTE",
+            "--glue_dir",
+            glue_dir,
+            "--output_dir",
+            str(out),
+            "--do_predict",
+            "--max_train_samples",
+            "80",
+            "--max_eval_samples",
+            "40",
+            "--max_predict_samples",
+            "30",
+            "--max_steps",
+            "4",
+            "--per_device_train_batch_size",
+            "8",
+            *FAST,
+        ]
+    )
+    for name in (
+        "all_results.json",
+        "eval_results.json",
+        "train_results.json",
+        "trainer_state.json",
+        "lets_history.csv",
+        "lets_history.png",
+        "RTE.tsv",
+        "model.safetensors",
+    ):
+        assert (out / name).is_file(), name
+    evaluation = json.loads((out / "eval_results.json").read_text())
+    assert 0 <= evaluation["eval_accuracy"] <= 1 and evaluation["eval_samples"] == 40
+    history = read_tsv(out / "lets_history.csv")
+    assert history[0] == ["step,rho,gap,hypergradient,train_loss,heldout_loss"]
+    assert [int(r[0].split(",")[0]) for r in history[1:]] == [2, 3, 4]
+    assert (out / "lets_history.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    submission = read_tsv(out / "RTE.tsv")
+    assert submission[0] == ["index", "prediction"] and len(submission) == 31
+    assert {p for _, p in submission[1:]} <= {"entailment", "not_entailment"}
+    summary = json.loads((out / "all_results.json").read_text())
+    held = set(summary["lets_heldout"]["heldout_idx"])
+    assert summary["lets_heldout"]["heldout_source"] == "train" and len(held) == 8
+    assert not held & set(trainer.train_dataset["idx"]) and len(trainer.train_dataset) == 72
+    assert summary["train_final_rho"] == pytest.approx(trainer.rho) and trainer.rho != 0.05
+
+
+def test_tiny_roberta_stsb_with_dev_heldout(glue_dir, tiny_roberta, tmp_path):
+    out = tmp_path / "stsb"
+    results, trainer = run(
+        [
+            "--model_name_or_path",
+            tiny_roberta,
+            "--task_name",
+            "STS-B",
+            "--glue_dir",
+            glue_dir,
+            "--output_dir",
+            str(out),
+            "--do_predict",
+            "--max_train_samples",
+            "64",
+            "--max_eval_samples",
+            "60",
+            "--max_predict_samples",
+            "20",
+            "--max_steps",
+            "3",
+            "--per_device_train_batch_size",
+            "8",
+            "--lets_heldout_source",
+            "dev",
+            "--sam_variant",
+            "asam",
+            "--sam_rho",
+            "0.5",
+            *FAST,
+        ]
+    )
+    assert {"eval_pearson", "eval_spearmanr", "eval_combined_score"} <= set(results)
+    held = set(trainer.lets_dataset["idx"])
+    assert len(held) == 30 and results["eval_samples"] == 30
+    assert not held & set(trainer.eval_dataset["idx"])  # reported metrics never include rho's examples
+    assert len(trainer.train_dataset) == 64  # nothing carved off train
+    scores = [float(p) for _, p in read_tsv(out / "STS-B.tsv")[1:]]
+    assert len(scores) == 20 and all(0 <= s <= 5 for s in scores)
+
+
+MNLI_PARSES = (
+    "promptID\tpairID\tgenre\tsentence1_binary_parse\tsentence2_binary_parse\tsentence1_parse\tsentence2_parse"
+)
+
+
+def fake_mnli(root, n=24):
+    """A small MNLI + diagnostic folder with the original headers (the real MNLI files are not available here)."""
+    labels = ["entailment", "neutral", "contradiction"]
+    (root / "MNLI").mkdir(parents=True)
+    (root / "diagnostic").mkdir()
+    rows = [(f"a cat sat {i}", f"a dog ran {i % 5}", labels[i % 3]) for i in range(n)]
+    head = f"index\t{MNLI_PARSES}\tsentence1\tsentence2"
+    (root / "MNLI" / "train.tsv").write_text(
+        head
+        + "\tlabel1\tgold_label\n"
+        + "".join(f"{i}\t1\t2\tfiction\t(\t(\t(\t(\t{a}\t{b}\t{y}\t{y}\n" for i, (a, b, y) in enumerate(rows))
+    )
+    for split in ("dev_matched", "dev_mismatched"):
+        (root / "MNLI" / f"{split}.tsv").write_text(
+            head
+            + "\tlabel1\tlabel2\tlabel3\tlabel4\tlabel5\tgold_label\n"
+            + "".join(
+                f"{i}\t1\t2\tfiction\t(\t(\t(\t(\t{a}\t{b}\t{y}\t{y}\t{y}\t{y}\t{y}\t{y}\n"
+                for i, (a, b, y) in enumerate(rows[:9])
+            )
+        )
+    for split in ("test_matched", "test_mismatched"):
+        (root / "MNLI" / f"{split}.tsv").write_text(
+            head
+            + "\n"
+            + "".join(f"{i}\t1\t2\tfiction\t(\t(\t(\t(\t{a}\t{b}\n" for i, (a, b, _) in enumerate(rows[:7]))
+        )
+    (root / "diagnostic" / "diagnostic.tsv").write_text(
+        "index\tsentence1\tsentence2\n" + "".join(f"{i}\t{a}\t{b}\n" for i, (a, b, _) in enumerate(rows[:5]))
+    )
+
+
+def test_mnli_matched_mismatched_and_ax(tiny_roberta, tmp_path):
+    fake_mnli(tmp_path / "glue")
+    out = tmp_path / "mnli"
+    results, _ = run(
+        [
+            "--model_name_or_path",
+            tiny_roberta,
+            "--task_name",
+            "MNLI",
+            "--glue_dir",
+            str(tmp_path / "glue"),
+            "--output_dir",
+            str(out),
+            "--do_predict",
+            "--max_steps",
+            "2",
+            "--per_device_train_batch_size",
+            "4",
+            *FAST,
+        ]
+    )
+    assert {"eval_accuracy", "eval_accuracy_mm", "eval_samples", "eval_samples_mm"} <= set(results)
+    for name, rows in (("MNLI-m.tsv", 7), ("MNLI-mm.tsv", 7), ("AX.tsv", 5)):
+        table = read_tsv(out / name)
+        assert len(table) == rows + 1 and {p for _, p in table[1:]} <= {"entailment", "neutral", "contradiction"}
+
+
+# ---- bad input: one line, exit code 2, nothing written --------------------------------------------------------------
+def run_cli(monkeypatch, capsys, argv):
+    monkeypatch.setattr(sys, "argv", ["lets-glue", *argv])
+    with pytest.raises(SystemExit) as exit_info:
+        cli()
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2
+    return err
+
+
+def bad_glue_dir(root, row):
+    (root / "RTE").mkdir(parents=True)
+    body = "index\tsentence1\tsentence2\tlabel\n" + "".join(f"{i}\ta {i}\tb\tentailment\n" for i in range(6)) + row
+    for split in ("train", "dev"):
+        (root / "RTE" / f"{split}.tsv").write_text(body)
+    return str(root)
+
+
+@pytest.mark.parametrize(
+    "case,match",
+    [
+        ("task", "Unknown GLUE task 'RTF'"),
+        ("missing_dir", "does not exist: pass --glue_dir or set GLUE_DIR"),
+        ("malformed", "train.tsv, line 8: expected 4 tab-separated fields, got 5"),
+        ("label", "line 8: label 'yes' is not one of ['entailment', 'not_entailment']"),
+        ("rho", "sam_rho=-1.0 must be >= 0"),
+        ("deepspeed", "DeepSpeed is not supported by LETSTrainer"),
+    ],
+)
+def test_bad_input_is_one_clear_line(monkeypatch, capsys, tmp_path, tiny_roberta, case, match):
+    out = tmp_path / "out"
+    glue = {
+        "malformed": lambda: bad_glue_dir(tmp_path / "g", "6\ta\tb\tentailment\textra\n"),
+        "label": lambda: bad_glue_dir(tmp_path / "g", "6\ta\tb\tyes\n"),
+    }.get(case, lambda: str(tmp_path))()
+    argv = [
+        "--model_name_or_path",
+        tiny_roberta,
+        "--task_name",
+        "RTF" if case == "task" else "RTE",
+        "--glue_dir",
+        str(tmp_path / "nope") if case == "missing_dir" else glue,
+        "--output_dir",
+        str(out),
+        *FAST,
+    ]
+    if case == "rho":
+        argv += ["--sam_rho", "-1"]
+    if case == "deepspeed":
+        (tmp_path / "ds.json").write_text("{}")
+        argv += ["--deepspeed", str(tmp_path / "ds.json")]
+    err = run_cli(monkeypatch, capsys, argv)
+    assert err.startswith("lets-glue: error: ") and len(err.splitlines()) == 1 and match in err
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_output_dir_with_another_run_is_refused(monkeypatch, capsys, tmp_path, tiny_roberta, glue_dir):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "all_results.json").write_text('{"eval_accuracy": 0.9}')
+    err = run_cli(
+        monkeypatch,
+        capsys,
+        [
+            "--model_name_or_path",
+            tiny_roberta,
+            "--task_name",
+            "RTE",
+            "--glue_dir",
+            glue_dir,
+            "--output_dir",
+            str(out),
+            *FAST,
+        ],
+    )
+    assert "already holds another run's results (all_results.json)" in err and "--overwrite_output_dir" in err
+    assert (out / "all_results.json").read_text() == '{"eval_accuracy": 0.9}'
+
+
+def test_console_script_and_module_entry_points(tmp_path):
+    for cmd in (["lets-glue"], [sys.executable, "-m", "glue_runs"]):
+        exe = os.path.join(os.path.dirname(sys.executable), cmd[0]) if cmd == ["lets-glue"] else cmd[0]
+        proc = subprocess.run(
+            [exe, *cmd[1:], "--model_name_or_path", "x", "--task_name", "QQQ", "--output_dir", str(tmp_path)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert proc.returncode == 2 and "lets-glue: error: Unknown GLUE task 'QQQ'" in proc.stderr

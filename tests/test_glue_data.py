@@ -1,0 +1,101 @@
+"""Reading GLUE: the real files in ../shared/glue (row counts, labels, quirks) and malformed input."""
+
+import os
+
+import pytest
+
+from glue_runs.data import DataError, load_custom_files, load_glue_dir, read_glue_tsv
+from glue_runs.tasks import GLUE_TASKS, get_task
+
+# Official sizes (train, dev, test), shared/glue/SOURCES.md.
+SIZES = {
+    "CoLA": (8551, 1043, 1063),
+    "SST-2": (67349, 872, 1821),
+    "MRPC": (3668, 408, 1725),
+    "STS-B": (5749, 1500, 1379),
+    "RTE": (2490, 277, 3000),
+    "WNLI": (635, 71, 146),
+}
+
+
+@pytest.mark.parametrize("name", list(SIZES))
+def test_row_counts_and_labels_match_glue(glue_dir, name):
+    task = get_task(name)
+    data = load_glue_dir(task, glue_dir, with_test=True)
+    assert (len(data["train"]), len(data["validation"]), len(data["test"])) == SIZES[name]
+    for split in ("train", "validation"):
+        labels = data[split]["label"]
+        if task.is_regression:
+            assert min(labels) >= 0 and max(labels) <= 5
+        else:
+            assert set(labels) == set(range(task.num_labels))
+        assert all(isinstance(t, str) and t for c in task.text_columns for t in data[split][c])
+    assert set(data["test"]["label"]) == {-1}
+    assert data["test"]["idx"][:3] == [0, 1, 2]
+
+
+def test_quirks_of_the_original_files(glue_dir):
+    mrpc = read_glue_tsv(os.path.join(glue_dir, "MRPC", "train.tsv"), get_task("MRPC"), "train")  # BOM header
+    assert mrpc[0]["label"] == 1 and mrpc[0]["sentence1"].startswith("Amrozi accused his brother")
+    rte = read_glue_tsv(os.path.join(glue_dir, "RTE", "train.tsv"), get_task("RTE"), "train")
+    assert any(s.startswith('"') for s in rte["sentence1"])  # quotes are literal under QUOTE_NONE
+    cola = read_glue_tsv(os.path.join(glue_dir, "CoLA", "dev.tsv"), get_task("CoLA"), "validation")
+    assert cola[0]["sentence"] == "The sailors rode the breeze clear of the rocks."
+    qnli_dev = read_glue_tsv(os.path.join(glue_dir, "QNLI", "dev.tsv"), get_task("QNLI"), "validation")
+    assert len(qnli_dev) == 5463 and set(qnli_dev["label"]) == {0, 1}
+    ax = read_glue_tsv(os.path.join(glue_dir, "diagnostic", "diagnostic.tsv"), GLUE_TASKS["AX"], "test")
+    assert len(ax) == 1104
+
+
+def write(path, text):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return str(path)
+
+
+def test_malformed_line_names_file_and_line(tmp_path):
+    path = write(tmp_path / "RTE" / "train.tsv", "index\tsentence1\tsentence2\tlabel\n0\ta\tb\tentailment\n1\ta\tb\n")
+    with pytest.raises(DataError, match=r"train.tsv, line 3: expected 4 tab-separated fields, got 3"):
+        read_glue_tsv(path, get_task("RTE"), "train")
+
+
+def test_missing_column_and_bad_label(tmp_path):
+    path = write(tmp_path / "a.tsv", "index\tsentence1\ttext\tlabel\n0\ta\tb\tentailment\n")
+    with pytest.raises(DataError, match=r"missing column 'sentence2'"):
+        read_glue_tsv(path, get_task("RTE"), "train")
+    path = write(tmp_path / "b.tsv", "index\tsentence1\tsentence2\tlabel\n0\ta\tb\tmaybe\n")
+    with pytest.raises(DataError, match=r"line 2: label 'maybe' is not one of \['entailment', 'not_entailment'\]"):
+        read_glue_tsv(path, get_task("RTE"), "train")
+    with pytest.raises(DataError, match=r"does not exist: point --glue_dir"):
+        read_glue_tsv(str(tmp_path / "nope.tsv"), get_task("RTE"), "train")
+
+
+def test_unknown_task_lists_the_choices():
+    with pytest.raises(ValueError, match=r"Unknown GLUE task 'RTF'.*CoLA, SST-2, MRPC, STS-B, QQP, MNLI"):
+        get_task("RTF")
+    assert get_task("sts-b").name == get_task("stsb").name == "STS-B"
+
+
+def test_custom_csv_files(tmp_path):
+    train = write(tmp_path / "train.csv", "sentence1,sentence2,label\na,b,entailment\nc,d,not_entailment\n")
+    dev = write(tmp_path / "dev.csv", "sentence1,sentence2,label\ne,f,1\n")
+    task, data = load_custom_files(get_task("RTE"), train, dev, None)
+    assert data["train"]["label"] == [0, 1] and data["validation"]["label"] == [1]
+    bad = write(tmp_path / "bad.csv", "sentence1,sentence2,label\na,b,7\n")
+    with pytest.raises(DataError, match=r"label 7 is outside the label set"):
+        load_custom_files(get_task("RTE"), bad, None, None)
+    nocol = write(tmp_path / "nocol.csv", "premise,label\na,1\n")
+    with pytest.raises(DataError, match=r"missing column\(s\) \['sentence1', 'sentence2'\]"):
+        load_custom_files(get_task("RTE"), nocol, None, None)
+    inferred, data = load_custom_files(None, write(tmp_path / "s.csv", "sentence,label\nx,0.5\ny,2.5\n"), None, None)
+    assert inferred.is_regression and data["train"]["label"] == [0.5, 2.5]
+
+
+def test_qqp_layout(tmp_path):
+    """QQP is too large for shared/glue; its original headers (id, is_duplicate) are read like the others."""
+    write(tmp_path / "QQP" / "train.tsv", "id\tqid1\tqid2\tquestion1\tquestion2\tis_duplicate\n5\t1\t2\tq a\tq b\t1\n")
+    write(tmp_path / "QQP" / "dev.tsv", "id\tqid1\tqid2\tquestion1\tquestion2\tis_duplicate\n7\t3\t4\tq c\tq d\t0\n")
+    write(tmp_path / "QQP" / "test.tsv", "id\tquestion1\tquestion2\n0\tq e\tq f\n")
+    data = load_glue_dir(get_task("QQP"), str(tmp_path), with_test=True)
+    assert data["train"][0] == {"question1": "q a", "question2": "q b", "idx": 5, "label": 1}
+    assert data["validation"]["label"] == [0] and data["test"]["idx"] == [0]
