@@ -30,6 +30,15 @@ FAST = [
 ]
 
 
+def glue_argv(model, task, glue_dir, out, *extra, **flags):
+    """Flags for one fast run; ``flags`` become ``--key value``."""
+    argv = ["--model_name_or_path", str(model), "--task_name", task, "--glue_dir", str(glue_dir)]
+    argv += ["--output_dir", str(out), *FAST, *extra]
+    for key, value in flags.items():
+        argv += [f"--{key}", str(value)]
+    return argv
+
+
 def read_tsv(path):
     with open(path) as f:
         return list(csv.reader(f, delimiter="\t"))
@@ -38,28 +47,18 @@ def read_tsv(path):
 def test_minilm_rte_end_to_end(glue_dir, tmp_path):
     out = tmp_path / "rte"
     results, trainer = run(
-        [
-            "--model_name_or_path",
+        glue_argv(
             "packaged:minilm-l6",
-            "--task_name",
             "RTE",
-            "--glue_dir",
             glue_dir,
-            "--output_dir",
-            str(out),
+            out,
             "--do_predict",
-            "--max_train_samples",
-            "80",
-            "--max_eval_samples",
-            "40",
-            "--max_predict_samples",
-            "30",
-            "--max_steps",
-            "4",
-            "--per_device_train_batch_size",
-            "8",
-            *FAST,
-        ]
+            max_train_samples=80,
+            max_eval_samples=40,
+            max_predict_samples=30,
+            max_steps=4,
+            per_device_train_batch_size=8,
+        )
     )
     for name in (
         "all_results.json",
@@ -91,34 +90,21 @@ def test_minilm_rte_end_to_end(glue_dir, tmp_path):
 def test_tiny_roberta_stsb_with_dev_heldout(glue_dir, tiny_roberta, tmp_path):
     out = tmp_path / "stsb"
     results, trainer = run(
-        [
-            "--model_name_or_path",
+        glue_argv(
             tiny_roberta,
-            "--task_name",
             "STS-B",
-            "--glue_dir",
             glue_dir,
-            "--output_dir",
-            str(out),
+            out,
             "--do_predict",
-            "--max_train_samples",
-            "64",
-            "--max_eval_samples",
-            "60",
-            "--max_predict_samples",
-            "20",
-            "--max_steps",
-            "3",
-            "--per_device_train_batch_size",
-            "8",
-            "--lets_heldout_source",
-            "dev",
-            "--sam_variant",
-            "asam",
-            "--sam_rho",
-            "0.5",
-            *FAST,
-        ]
+            max_train_samples=64,
+            max_eval_samples=60,
+            max_predict_samples=20,
+            max_steps=3,
+            per_device_train_batch_size=8,
+            lets_heldout_source="dev",
+            sam_variant="asam",
+            sam_rho=0.5,
+        )
     )
     assert {"eval_pearson", "eval_spearmanr", "eval_combined_score"} <= set(results)
     held = set(trainer.lets_dataset["idx"])
@@ -170,22 +156,9 @@ def test_mnli_matched_mismatched_and_ax(tiny_roberta, tmp_path):
     fake_mnli(tmp_path / "glue")
     out = tmp_path / "mnli"
     results, _ = run(
-        [
-            "--model_name_or_path",
-            tiny_roberta,
-            "--task_name",
-            "MNLI",
-            "--glue_dir",
-            str(tmp_path / "glue"),
-            "--output_dir",
-            str(out),
-            "--do_predict",
-            "--max_steps",
-            "2",
-            "--per_device_train_batch_size",
-            "4",
-            *FAST,
-        ]
+        glue_argv(
+            tiny_roberta, "MNLI", tmp_path / "glue", out, "--do_predict", max_steps=2, per_device_train_batch_size=4
+        )
     )
     assert {"eval_accuracy", "eval_accuracy_mm", "eval_samples", "eval_samples_mm"} <= set(results)
     for name, rows in (("MNLI-m.tsv", 7), ("MNLI-mm.tsv", 7), ("AX.tsv", 5)):
@@ -228,17 +201,8 @@ def test_bad_input_is_one_clear_line(monkeypatch, capsys, tmp_path, tiny_roberta
         "malformed": lambda: bad_glue_dir(tmp_path / "g", "6\ta\tb\tentailment\textra\n"),
         "label": lambda: bad_glue_dir(tmp_path / "g", "6\ta\tb\tyes\n"),
     }.get(case, lambda: str(tmp_path))()
-    argv = [
-        "--model_name_or_path",
-        tiny_roberta,
-        "--task_name",
-        "RTF" if case == "task" else "RTE",
-        "--glue_dir",
-        str(tmp_path / "nope") if case == "missing_dir" else glue,
-        "--output_dir",
-        str(out),
-        *FAST,
-    ]
+    task = "RTF" if case == "task" else "RTE"
+    argv = glue_argv(tiny_roberta, task, tmp_path / "nope" if case == "missing_dir" else glue, out)
     if case == "rho":
         argv += ["--sam_rho", "-1"]
     if case == "deepspeed":
@@ -253,21 +217,7 @@ def test_output_dir_with_another_run_is_refused(monkeypatch, capsys, tmp_path, t
     out = tmp_path / "out"
     out.mkdir()
     (out / "all_results.json").write_text('{"eval_accuracy": 0.9}')
-    err = run_cli(
-        monkeypatch,
-        capsys,
-        [
-            "--model_name_or_path",
-            tiny_roberta,
-            "--task_name",
-            "RTE",
-            "--glue_dir",
-            glue_dir,
-            "--output_dir",
-            str(out),
-            *FAST,
-        ],
-    )
+    err = run_cli(monkeypatch, capsys, glue_argv(tiny_roberta, "RTE", glue_dir, out))
     assert "already holds another run's results (all_results.json)" in err and "--overwrite_output_dir" in err
     assert (out / "all_results.json").read_text() == '{"eval_accuracy": 0.9}'
 
