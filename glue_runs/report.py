@@ -13,7 +13,14 @@ import numpy as np
 
 from .tasks import GlueTask
 
-__all__ = ["HISTORY_FIELDS", "atomic_write", "plot_history", "write_history_csv", "write_submission"]
+__all__ = [
+    "HISTORY_FIELDS",
+    "atomic_write",
+    "atomic_write_text",
+    "plot_history",
+    "write_history_csv",
+    "write_submission",
+]
 
 HISTORY_FIELDS = ("step", "rho", "gap", "hypergradient", "train_loss", "heldout_loss")
 
@@ -26,6 +33,14 @@ def atomic_write(path: str, write: Callable[[str], None]) -> None:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def atomic_write_text(path: str, text: str) -> None:
+    def write(tmp):
+        with open(tmp, "w") as f:
+            f.write(text)
+
+    atomic_write(path, write)
 
 
 def write_history_csv(history: Sequence[dict], path: str) -> None:

@@ -1,0 +1,250 @@
+"""The cost of SAM and LETS, side by side: `python -m glue_runs.bench_speed --model minilm`.
+
+Every method trains the same model from the same weights on the same batches, on this machine, in one run. The
+methods are interleaved (A B C ... A B C ...), each block a fresh `train()` of ``warmup + window`` steps; a block's
+time is the mean over its last ``window`` optimizer steps (so a hyper-step every ``lets_interval`` steps is
+amortised, not hidden by a median), and a method's time is the median over ``repeats`` blocks. Peak memory is the
+peak RSS of a separate process per method on CPU, or ``torch.cuda.max_memory_allocated`` on CUDA, also expressed as
+parameter-sized buffers over ERM. Floors: SAM/ERM = 2 (two passes), LETS = SAM x (1 + 1/(2 x lets_interval)).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+from transformers import AutoModelForSequenceClassification, BertConfig, BertForSequenceClassification, TrainerCallback
+
+from lets_hf import LETSTrainer, LETSTrainingArguments
+
+from .report import atomic_write_text
+from .run_glue import resolve_model_path
+
+# name -> LETSTrainingArguments overrides (None: the stock Trainer with AdamW, "ERM")
+METHODS: dict[str, dict | None] = {
+    "erm": None,
+    "none": dict(sam_variant="none"),
+    "sam": dict(sam_variant="sam", lets=False),
+    "lets-sam": dict(sam_variant="sam", lets=True, lets_interval=10),
+    "lets-sam-i1": dict(sam_variant="sam", lets=True, lets_interval=1),
+    "asam": dict(sam_variant="asam", sam_rho=0.5, lets=False),
+    "lets-asam": dict(sam_variant="asam", sam_rho=0.5, lets=True, lets_interval=10),
+    "lets-sam-fisher": dict(sam_variant="sam", lets=True, lets_interval=10, lets_hvp="fisher"),
+    "lets-sam-exact": dict(sam_variant="sam", lets=True, lets_interval=10, lets_hvp="exact"),
+}
+
+
+def build_model(name: str) -> torch.nn.Module:
+    """``minilm`` (the packaged 22.7M BERT), ``bert-base`` (random 110M BertConfig()), ``tiny`` (for the test)."""
+    torch.manual_seed(0)
+    if name == "minilm":
+        return AutoModelForSequenceClassification.from_pretrained(
+            resolve_model_path("packaged:minilm-l6"), num_labels=2
+        )
+    if name == "bert-base":
+        return BertForSequenceClassification(BertConfig(num_labels=2))
+    if name == "tiny":
+        return BertForSequenceClassification(
+            BertConfig(
+                vocab_size=128,
+                hidden_size=16,
+                num_hidden_layers=1,
+                num_attention_heads=2,
+                intermediate_size=32,
+                num_labels=2,
+            )
+        )
+    raise ValueError(f"Unknown --model {name!r}: minilm, bert-base or tiny.")
+
+
+def make_data(n: int, seq: int, vocab: int, seed: int) -> list[dict]:
+    """Full-length random sequences: every batch costs the same, so step times compare."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1000 if vocab > 2000 else 1, vocab, (n, seq), generator=g)
+    labels = torch.randint(0, 2, (n,), generator=g)
+    return [
+        {"input_ids": ids[i], "attention_mask": torch.ones(seq, dtype=torch.long), "labels": labels[i]}
+        for i in range(n)
+    ]
+
+
+class StepTimer(TrainerCallback):
+    """Wall time of each optimizer step: from its first micro-batch to after the optimizer and scheduler."""
+
+    def __init__(self):
+        self.times: list[float] = []
+        self._start = 0.0
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._sync(args)
+        self._start = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self._sync(args)
+        self.times.append(time.perf_counter() - self._start)
+
+    @staticmethod
+    def _sync(args):
+        if torch.cuda.is_available() and not args.use_cpu:
+            torch.cuda.synchronize()
+
+
+def train_block(method: str, opts: argparse.Namespace, steps: int, timer: StepTimer | None = None) -> torch.nn.Module:
+    model = build_model(opts.model)
+    vocab = model.config.vocab_size
+    common = dict(
+        output_dir=os.path.join(opts.scratch, method),
+        report_to="none",
+        save_strategy="no",
+        disable_tqdm=True,
+        logging_steps=10**6,
+        max_steps=steps,
+        per_device_train_batch_size=opts.batch,
+        learning_rate=2e-5,
+        seed=0,
+        use_cpu=not torch.cuda.is_available(),
+        bf16=opts.bf16,
+        fp16=opts.fp16,
+    )
+    train, heldout = make_data(opts.batch * steps, opts.seq, vocab, 0), make_data(opts.batch * 4, opts.seq, vocab, 1)
+    settings = METHODS[method]
+    callbacks = [timer] if timer else []
+    if settings is None:
+        from transformers import Trainer, TrainingArguments
+
+        trainer = Trainer(model=model, args=TrainingArguments(**common), train_dataset=train, callbacks=callbacks)
+        trainer.model_accepts_loss_kwargs = False  # the same loss scaling as LETSTrainer (transformers #47688)
+    else:
+        args = LETSTrainingArguments(**common, **settings)
+        trainer = LETSTrainer(model=model, args=args, train_dataset=train, lets_dataset=heldout, callbacks=callbacks)
+    trainer.train()
+    return model
+
+
+def measure_times(methods: list[str], opts: argparse.Namespace) -> dict[str, list[float]]:
+    """Seconds per optimizer step, one window mean per repeat, methods interleaved."""
+    blocks: dict[str, list[float]] = {m: [] for m in methods}
+    for repeat in range(opts.repeats):
+        for method in methods:
+            timer = StepTimer()
+            train_block(method, opts, opts.warmup + opts.window, timer)
+            blocks[method].append(statistics.fmean(timer.times[opts.warmup :]))
+            print(f"  repeat {repeat + 1}/{opts.repeats} {method:16s} {blocks[method][-1]:.3f} s/step", flush=True)
+    return blocks
+
+
+def measure_memory(method: str, opts: argparse.Namespace) -> float:
+    """Peak bytes for ``method``: a fresh process's peak RSS on CPU, max_memory_allocated on CUDA."""
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+        train_block(method, opts, 2)
+        return float(torch.cuda.max_memory_allocated())
+    cmd = [sys.executable, "-m", "glue_runs.bench_speed", "--memory-worker", method, *opts.passthrough]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    return float(proc.stdout.strip().splitlines()[-1])
+
+
+def floors(method: str) -> dict[str, float | None]:
+    """The reference points: (floor vs ERM, floor vs SAM)."""
+    settings = METHODS[method]
+    if settings is None or settings.get("sam_variant") == "none":
+        return {"floor_vs_erm": 1.0, "floor_vs_sam": 0.5}
+    if not settings.get("lets"):
+        return {"floor_vs_erm": 2.0, "floor_vs_sam": 1.0}
+    extra = 1 + 1 / (2 * settings["lets_interval"])
+    if settings.get("lets_hvp") == "exact":  # + a forward and a double backward per feeding step: no floor given
+        return {"floor_vs_erm": None, "floor_vs_sam": None}
+    return {"floor_vs_erm": 2.0 * extra, "floor_vs_sam": extra}
+
+
+def report(blocks: dict[str, list[float]], memory: dict[str, float], n_params: int, opts) -> tuple[list[dict], str]:
+    erm = statistics.median(blocks["erm"]) if "erm" in blocks else None
+    sam = statistics.median(blocks["sam"]) if "sam" in blocks else None
+    rows, lines = (
+        [],
+        [
+            f"Model {opts.model} ({n_params / 1e6:.1f}M trainable parameters), batch {opts.batch}, "
+            f"sequence {opts.seq}, device {'cuda' if torch.cuda.is_available() else 'cpu'}, {opts.repeats} repeats of "
+            f"{opts.warmup}+{opts.window} steps.",
+            "",
+            "| method | s/step (median) | spread | / ERM | floor | / SAM | floor | peak MB | extra buffers vs ERM |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ],
+    )
+    for method, times in blocks.items():
+        t = statistics.median(times)
+        row = {
+            "method": method,
+            "seconds_per_step": t,
+            "all_blocks": times,
+            **floors(method),
+            "ratio_vs_erm": t / erm if erm else None,
+            "ratio_vs_sam": t / sam if sam else None,
+            "peak_memory_bytes": memory.get(method),
+        }
+        if "erm" in memory and method in memory:
+            row["extra_buffers_vs_erm"] = (memory[method] - memory["erm"]) / (4 * n_params)
+        rows.append(row)
+        fmt = lambda v, p=2: "-" if v is None else f"{v:.{p}f}"  # noqa: E731
+        lines.append(
+            f"| {method} | {t:.3f} | {min(times):.3f}-{max(times):.3f} | {fmt(row['ratio_vs_erm'])} | "
+            f"{fmt(row['floor_vs_erm'])} | {fmt(row['ratio_vs_sam'])} | {fmt(row['floor_vs_sam'])} | "
+            f"{fmt(row['peak_memory_bytes'] and row['peak_memory_bytes'] / 2**20, 0)} | "
+            f"{fmt(row.get('extra_buffers_vs_erm'), 1)} |"
+        )
+    return rows, "\n".join(lines)
+
+
+def parse(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", default="minilm", help="minilm, bert-base or tiny")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--seq", type=int, default=128)
+    p.add_argument("--warmup", type=int, default=2, help="steps per block before timing")
+    p.add_argument("--window", type=int, default=10, help="timed steps per block (>= lets_interval)")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    p.add_argument("--bf16", action="store_true")
+    p.add_argument("--fp16", action="store_true")
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory processes")
+    p.add_argument("--out", default=None, help="write OUT.md and OUT.json")
+    p.add_argument("--scratch", default="/tmp/lets_bench")
+    p.add_argument("--memory-worker", default=None, help=argparse.SUPPRESS)
+    opts = p.parse_args(argv)
+    opts.passthrough = (
+        ["--model", opts.model, "--batch", str(opts.batch), "--seq", str(opts.seq), "--scratch", opts.scratch]
+        + (["--bf16"] if opts.bf16 else [])
+        + (["--fp16"] if opts.fp16 else [])
+    )
+    return opts
+
+
+def main(argv=None) -> list[dict]:
+    opts = parse(argv)
+    if opts.memory_worker:  # a child process: train 2 steps, print the peak RSS in bytes
+        train_block(opts.memory_worker, opts, 2)
+        print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+        return []
+    methods = ["erm", *[m for m in opts.methods if m != "erm"]]
+    n_params = sum(p.numel() for p in build_model(opts.model).parameters() if p.requires_grad)
+    blocks = measure_times(methods, opts)
+    memory = {} if opts.no_memory else {m: measure_memory(m, opts) for m in methods}
+    rows, table = report(blocks, memory, n_params, opts)
+    command = "python -m glue_runs.bench_speed " + " ".join(sys.argv[1:] if argv is None else argv)
+    print(f"\n{table}\n\nCommand: `{command}`")
+    if opts.out:
+        atomic_write_text(f"{opts.out}.md", f"{table}\n\nCommand: `{command}`\n")
+        summary = {"command": command, "model": opts.model, "n_params": n_params, "rows": rows}
+        atomic_write_text(f"{opts.out}.json", json.dumps(summary, indent=2))
+    return rows
+
+
+if __name__ == "__main__":
+    main()

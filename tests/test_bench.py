@@ -1,0 +1,46 @@
+"""The benchmark script runs end to end on a tiny model (so it cannot rot); its numbers come from real runs."""
+
+import json
+
+from glue_runs.bench_speed import floors, main
+
+
+def test_bench_speed_runs_and_reports(tmp_path):
+    out = tmp_path / "bench"
+    rows = main(
+        [
+            "--model",
+            "tiny",
+            "--batch",
+            "4",
+            "--seq",
+            "8",
+            "--warmup",
+            "1",
+            "--window",
+            "2",
+            "--repeats",
+            "2",
+            "--methods",
+            "sam",
+            "lets-sam-i1",
+            "--out",
+            str(out),
+            "--scratch",
+            str(tmp_path / "scratch"),
+        ]
+    )
+    by_name = {r["method"]: r for r in rows}
+    assert list(by_name) == ["erm", "sam", "lets-sam-i1"]
+    assert all(len(r["all_blocks"]) == 2 and r["seconds_per_step"] > 0 for r in rows)
+    assert by_name["erm"]["ratio_vs_erm"] == 1.0 and by_name["sam"]["ratio_vs_sam"] == 1.0
+    assert all(r["peak_memory_bytes"] > 10 * 2**20 for r in rows)  # a real process's RSS
+    saved = json.loads((tmp_path / "bench.json").read_text())
+    assert [r["method"] for r in saved["rows"]] == ["erm", "sam", "lets-sam-i1"]
+    assert "| lets-sam-i1 |" in (tmp_path / "bench.md").read_text()
+
+
+def test_floors_follow_lets_md():
+    assert floors("sam") == {"floor_vs_erm": 2.0, "floor_vs_sam": 1.0}
+    assert floors("lets-sam") == {"floor_vs_erm": 2.0 * 1.05, "floor_vs_sam": 1.05}
+    assert floors("lets-sam-i1")["floor_vs_sam"] == 1.5
