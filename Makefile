@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-LINT_PATHS := lets_hf glue_runs tests
+LINT_PATHS := lets_hf glue_runs tests docs
 GLUE_DIR ?= ../shared/glue
 export GLUE_DIR
 export HF_HUB_OFFLINE ?= 1

@@ -96,7 +96,9 @@ class StepTimer(TrainerCallback):
             torch.cuda.synchronize()
 
 
-def train_block(method: str, opts: argparse.Namespace, steps: int, timer: StepTimer | None = None) -> torch.nn.Module:
+def train_block(
+    method: str, opts: argparse.Namespace, steps: int, timer: TrainerCallback | None = None
+) -> torch.nn.Module:
     model = build_model(opts.model)
     vocab = model.config.vocab_size
     common = dict(
@@ -123,6 +125,7 @@ def train_block(method: str, opts: argparse.Namespace, steps: int, timer: StepTi
         trainer.model_accepts_loss_kwargs = False  # the same loss scaling as LETSTrainer (transformers #47688)
     else:
         args = LETSTrainingArguments(**common, **settings)
+        heldout = heldout if args.lets else None
         trainer = LETSTrainer(model=model, args=args, train_dataset=train, lets_dataset=heldout, callbacks=callbacks)
     trainer.train()
     return model
@@ -149,6 +152,27 @@ def measure_memory(method: str, opts: argparse.Namespace) -> float:
     cmd = [sys.executable, "-m", "glue_runs.bench_speed", "--memory-worker", method, *opts.passthrough]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return float(proc.stdout.strip().splitlines()[-1])
+
+
+def profile(method: str, opts: argparse.Namespace) -> None:
+    """Where a step's time goes: torch.profiler over ``window`` steps after ``warmup``, ops by self time."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    class Profiled(TrainerCallback):
+        prof = torch_profile(activities=[ProfilerActivity.CPU])
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == opts.warmup:  # start after the warm-up steps
+                self.prof.__enter__()
+
+        def on_train_end(self, *args, **kwargs):
+            self.prof.__exit__(None, None, None)
+
+    hook = Profiled()
+    train_block(method, opts, opts.warmup + opts.window, hook)
+    table = hook.prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25)
+    print(f"== {method}: {opts.window} steps ==\n{table}", flush=True)
 
 
 def floors(method: str) -> dict[str, float | None]:
@@ -214,8 +238,16 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--bf16", action="store_true")
     p.add_argument("--fp16", action="store_true")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory processes")
+    p.add_argument("--memory-only", action="store_true", help="only the peak-memory processes, no timing")
     p.add_argument("--out", default=None, help="write OUT.md and OUT.json")
     p.add_argument("--scratch", default="/tmp/lets_bench")
+    p.add_argument(
+        "--profile",
+        nargs="+",
+        default=None,
+        metavar="METHOD",
+        help="instead of timing: profile these methods' steps with torch.profiler and print the top ops",
+    )
     p.add_argument("--memory-worker", default=None, help=argparse.SUPPRESS)
     opts = p.parse_args(argv)
     opts.passthrough = (
@@ -232,9 +264,13 @@ def main(argv=None) -> list[dict]:
         train_block(opts.memory_worker, opts, 2)
         print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
         return []
+    if opts.profile:
+        for method in opts.profile:
+            profile(method, opts)
+        return []
     methods = ["erm", *[m for m in opts.methods if m != "erm"]]
     n_params = sum(p.numel() for p in build_model(opts.model).parameters() if p.requires_grad)
-    blocks = measure_times(methods, opts)
+    blocks = {m: [float("nan")] for m in methods} if opts.memory_only else measure_times(methods, opts)
     memory = {} if opts.no_memory else {m: measure_memory(m, opts) for m in methods}
     rows, table = report(blocks, memory, n_params, opts)
     command = "python -m glue_runs.bench_speed " + " ".join(sys.argv[1:] if argv is None else argv)

@@ -51,6 +51,9 @@ class ModelArguments:
     )
     tokenizer_name: str | None = field(default=None, metadata={"help": "Tokenizer, if not the model's own."})
     cache_dir: str | None = field(default=None, metadata={"help": "Where Hub downloads are cached."})
+    save_final_model: bool = field(
+        default=True, metadata={"help": "Write the fine-tuned model to output_dir at the end (sweeps turn it off)."}
+    )
     ignore_mismatched_sizes: bool = field(
         default=False,
         metadata={
@@ -143,7 +146,7 @@ def run(argv: list[str] | None = None) -> tuple[dict[str, float], LETSTrainer]:
     )
     results: dict[str, float] = {}
     if args.do_train:
-        results |= _train(trainer, args, task, split_info)
+        results |= _train(trainer, args, task, split_info, model_args.save_final_model)
     if args.do_eval:
         results |= _evaluate(trainer, eval_sets)
     if args.do_predict:
@@ -302,9 +305,10 @@ def resolve_model_path(name: str) -> str:
 
 
 # ---- train, evaluate, predict -------------------------------------------------------------------------------------
-def _train(trainer: LETSTrainer, args, task: GlueTask, split_info: dict) -> dict[str, float]:
+def _train(trainer: LETSTrainer, args, task: GlueTask, split_info: dict, save_model: bool) -> dict[str, float]:
     result = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
-    trainer.save_model()
+    if save_model:
+        trainer.save_model()
     metrics = dict(result.metrics)
     if trainer.direction is not None:
         metrics["train_final_rho"] = trainer.rho

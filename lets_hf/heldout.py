@@ -22,6 +22,10 @@ def split_heldout(dataset: Any, fraction: float, seed: int) -> tuple[Any, Any, n
     target is cut into quantile bins; without labels the split is uniform. Each stratum gives
     ``round(fraction * size)`` examples, at least one example goes each way.
 
+    Args:
+        dataset: a `datasets.Dataset` or any sized dataset of examples.
+        fraction: the share of each stratum to hold out, in (0, 1).
+        seed: makes the split reproducible.
     Returns:
         ``(train, heldout, train_indices, heldout_indices)``; a `datasets.Dataset` is split with ``select``, any
         other dataset with `torch.utils.data.Subset`.

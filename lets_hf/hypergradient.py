@@ -143,13 +143,25 @@ def optimizer_kind(optimizer: torch.optim.Optimizer) -> str:
 # The hypergradient and the radius update
 # --------------------------------------------------------------------------------------------------------------
 def hypergradient(gap: float, heldout_dot: float, train_dot: float) -> float:
-    """``dF/drho = delta * (h_V^T w - g'^T w)`` from the gap ``delta`` and the two dot products with ``w``."""
+    """``dF/drho = delta * (h_V^T w - g'^T w)``.
+
+    Args:
+        gap: ``delta = l(theta'; V) - l(theta'; B')``.
+        heldout_dot: ``h_V^T w``, the held-out gradient at ``theta'`` dotted with ``w = d theta'/d rho``.
+        train_dot: ``g'^T w``, the next training batch's gradient at ``theta'`` dotted with ``w``.
+    """
     return gap * (heldout_dot - train_dot)
 
 
 @dataclass
 class RadiusState:
-    """The radius and its optimizer state; everything a checkpoint needs (plain floats, JSON-serialisable)."""
+    """The radius and its optimizer state; everything a checkpoint needs (plain floats, JSON-serialisable).
+
+    Attributes:
+        log_rho: ``s = log rho`` (``-inf`` for a fixed radius of 0); ``rho`` is ``exp(log_rho)``.
+        exp_avg, exp_avg_sq: Adam's first and second moments of ``dF/ds``.
+        steps: hyper-steps taken.
+    """
 
     log_rho: float
     exp_avg: float = 0.0
@@ -178,8 +190,17 @@ def radius_step(
 ) -> RadiusState:
     """One descent step on ``s = log rho`` with ``dF/ds = rho * dF/drho``, then ``rho`` clamped to its bounds.
 
-    ``adam`` moves ``s`` by at most about ``lr`` per step whatever the gradient's scale; ``sgd`` by
-    ``lr * dF/ds``. With ``allow_increase=False`` (the loss guard has tripped) ``rho`` may only shrink.
+    Args:
+        state: the current radius and optimizer state (not modified).
+        dF_drho: the hypergradient ``dF/drho``.
+        lr: the radius learning rate (``lets_lr``).
+        optimizer: ``adam`` moves ``s`` by at most about ``lr`` per step whatever the gradient's scale; ``sgd``
+            by ``lr * dF/ds``.
+        rho_min, rho_max: the bounds ``rho`` is clamped to.
+        betas, eps: Adam's constants.
+        allow_increase: False while the loss guard is tripped: ``rho`` may only shrink.
+    Returns:
+        The new `RadiusState`.
     """
     grad = state.rho * dF_drho
     steps = state.steps + 1
@@ -206,6 +227,12 @@ class LossGuard:
     LETS.md measured a collapse (STS-B: rho 0.05 -> 0.5, Pearson 0.84 -> 0.14): the squared gap also closes when
     the model stops fitting the training set. A rising training loss is the symptom; while tripped the radius
     is sent back to at most its initial value and may not grow.
+
+    Attributes:
+        tolerance: the relative rise of the EMA over its best that trips the guard (``lets_guard_tolerance``).
+        beta: the EMA's decay per hyper-step.
+        ema, best: the current EMA of the training loss and its lowest value so far.
+        tripped: whether the guard is tripped now; trips: how often it tripped.
     """
 
     tolerance: float

@@ -100,7 +100,10 @@ _REGISTRY: dict[str, Direction] = {"sam": sam_direction, "asam": asam_direction}
 
 
 def register_perturbation(name: str) -> Callable[[Direction], Direction]:
-    """Decorator that makes a direction function available as ``sam_variant=name``.
+    """Decorator that makes a direction function available as ``sam_variant=name`` (case-insensitive).
+
+    The function takes ``(params, grads, *, eta)`` (lists of tensors and ``asam_eta``) and returns the unit-radius
+    direction as a new list, leaving its inputs untouched.
 
     Example::
 

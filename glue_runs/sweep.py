@@ -1,0 +1,204 @@
+"""A resumable quality sweep: `python -m glue_runs.sweep glue_runs/configs/sweep_minilm.yaml`.
+
+Runs `lets-glue` over tasks x methods x seeds from one config, each run in its own folder
+(``output_root/<task>/<method>/seed<k>``) and its own process. A finished run appends one line to the results JSONL
+and is never redone; a run interrupted half-way (a folder without an entry) is deleted and restarted from scratch.
+After every run, ``<results>.md`` (mean and std over seeds of each task's main metric, the final rho of the LETS runs)
+and ``<results>.png`` (per task, the methods side by side with their seed spread; rho over training for the LETS
+runs) are rendered again, so a partial table is always on disk.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+
+import yaml
+
+from .report import atomic_write, atomic_write_text
+from .tasks import get_task
+
+# The metric each task's column shows (the first of its official GLUE metrics; STS-B Pearson as in LETS.md).
+MAIN_METRIC = {"CoLA": "matthews_correlation", "STS-B": "pearson", "MRPC": "accuracy"}
+
+
+def load_config(path: str) -> dict:
+    with open(path) as f:
+        config = yaml.safe_load(f)
+    for key in ("output_root", "results", "base", "tasks", "methods", "seeds"):
+        if key not in config:
+            raise ValueError(f"{path}: the sweep config needs '{key}' (see glue_runs/configs/sweep_minilm.yaml).")
+    return config
+
+
+def plan(config: dict) -> list[tuple[str, str, int]]:
+    """Every (task, method, seed), tasks outermost: a partial sweep completes whole tasks, every cell all seeds."""
+    return [
+        (task, method, seed) for task in config["tasks"] for seed in config["seeds"] for method in config["methods"]
+    ]
+
+
+def finished(results_path: str) -> dict[tuple[str, str, int], dict]:
+    if not os.path.isfile(results_path):
+        return {}
+    with open(results_path) as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    return {(r["task"], r["method"], r["seed"]): r for r in rows}
+
+
+def run_one(config: dict, task: str, method: str, seed: int) -> dict:
+    """One lets-glue run in a fresh process; returns its JSONL record."""
+    out = os.path.join(config["output_root"], task, method, f"seed{seed}")
+    if os.path.isdir(out):  # an interrupted run: start it again cleanly
+        shutil.rmtree(out)
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    flags = {
+        **config["base"],
+        **config.get("task_overrides", {}).get(task, {}),
+        **config["methods"][method],
+        "task_name": task,
+        "seed": seed,
+        "output_dir": out,
+    }
+    config_path = f"{out}.run.json"  # the exact settings, kept beside the run folder
+    atomic_write_text(config_path, json.dumps(flags, indent=2))
+    start = time.time()
+    proc = subprocess.run([sys.executable, "-m", "glue_runs", config_path], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{task}/{method}/seed{seed} failed:\n{proc.stderr[-3000:]}")
+    with open(os.path.join(out, "all_results.json")) as f:
+        results = json.load(f)
+    metric = MAIN_METRIC.get(task, get_task(task).metrics[0])
+    trajectory = []
+    if os.path.isfile(os.path.join(out, "lets_history.csv")):
+        with open(os.path.join(out, "lets_history.csv")) as f:
+            trajectory = [[int(h["step"]), float(h["rho"])] for h in csv.DictReader(f)]
+    return {
+        "task": task,
+        "method": method,
+        "seed": seed,
+        "metric": metric,
+        "value": results[f"eval_{metric}"],
+        "final_rho": results.get("train_final_rho"),
+        "lets": bool(flags.get("lets")) and flags.get("sam_variant") != "none",
+        "train_runtime": results.get("train_runtime"),
+        "wall_seconds": round(time.time() - start, 1),
+        "eval_samples": results.get("eval_samples"),
+        "heldout": {k: v for k, v in results.get("lets_heldout", {}).items() if not k.endswith("idx")},
+        "rho_trajectory": trajectory,
+        "output_dir": out,
+        "all_results": {k: v for k, v in results.items() if k.startswith("eval_")},
+    }
+
+
+def append(results_path: str, record: dict) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(results_path)), exist_ok=True)
+    with open(results_path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def render_table(config: dict, records: dict) -> str:
+    """Markdown: one row per task, one column per method; mean +- std (n seeds); final rho for LETS."""
+    methods = list(config["methods"])
+    lines = ["| task (metric) | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
+    for task in config["tasks"]:
+        cells = []
+        for method in methods:
+            runs = [r for (t, m, _), r in sorted(records.items()) if t == task and m == method]
+            if not runs:
+                cells.append("-")
+                continue
+            values = [r["value"] for r in runs]
+            cell = f"{statistics.fmean(values):.3f}" + (
+                f" +- {statistics.stdev(values):.3f}" if len(values) > 1 else ""
+            )
+            cell += f" (n={len(values)})"
+            if runs[0]["lets"]:
+                cell += f"<br>rho {statistics.fmean(r['final_rho'] for r in runs):.3g}"
+            cells.append(cell)
+        metric = MAIN_METRIC.get(task, get_task(task).metrics[0])
+        lines.append(f"| {task} ({metric}) | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def render_plot(config: dict, records: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks, methods = config["tasks"], list(config["methods"])
+    fig, axes = plt.subplots(2, len(tasks), figsize=(4.5 * len(tasks), 7), squeeze=False)
+    for col, task in enumerate(tasks):
+        ax = axes[0][col]
+        for x, method in enumerate(methods):
+            values = [r["value"] for (t, m, _), r in records.items() if t == task and m == method]
+            if values:
+                ax.scatter([x] * len(values), values, color="tab:blue", s=14, alpha=0.7)
+                ax.hlines(statistics.fmean(values), x - 0.3, x + 0.3, color="black")
+        ax.set_xticks(range(len(methods)), methods, rotation=45, ha="right", fontsize=8)
+        ax.set_title(f"{task}: {MAIN_METRIC.get(task, get_task(task).metrics[0])}")
+        ax_rho = axes[1][col]
+        for (t, m, seed), r in sorted(records.items()):
+            if t == task and r.get("rho_trajectory"):
+                steps, rhos = zip(*r["rho_trajectory"])
+                ax_rho.plot(steps, rhos, lw=1, label=f"{m} s{seed}")
+        ax_rho.set_xlabel("optimizer step")
+        ax_rho.set_ylabel("rho (LETS runs)")
+        if ax_rho.lines:
+            ax_rho.legend(fontsize=6)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
+    plt.close(fig)
+
+
+def render(config: dict, command: str) -> None:
+    records = finished(config["results"])
+    stem = os.path.splitext(config["results"])[0]
+    total = len(plan(config))
+    text = f"{render_table(config, records)}\n\n{len(records)} of {total} runs finished. Command: `{command}`\n"
+    atomic_write_text(f"{stem}.md", text)
+    if records:
+        render_plot(config, records, f"{stem}.png")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("config", help="sweep config (.yaml or .json)")
+    parser.add_argument("--max-runs", type=int, default=None, help="stop after this many new runs (one sitting)")
+    parser.add_argument("--render-only", action="store_true", help="only redraw the table and plot")
+    opts = parser.parse_args(argv)
+    config = load_config(opts.config)
+    command = "python -m glue_runs.sweep " + " ".join(sys.argv[1:] if argv is None else argv)
+    done, new = finished(config["results"]), 0
+    for task, method, seed in [] if opts.render_only else plan(config):
+        if (task, method, seed) in done:
+            continue
+        if opts.max_runs is not None and new >= opts.max_runs:
+            break
+        print(f"[sweep] {task} {method} seed {seed}", flush=True)
+        record = run_one(config, task, method, seed)
+        append(config["results"], record)
+        done[(task, method, seed)] = record
+        new += 1
+        print(
+            f"[sweep]   {record['metric']} = {record['value']:.4f} rho = {record['final_rho']} "
+            f"({record['wall_seconds']} s)",
+            flush=True,
+        )
+        render(config, command)
+    render(config, command)
+    return done
+
+
+if __name__ == "__main__":
+    main()

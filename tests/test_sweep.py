@@ -1,0 +1,69 @@
+"""The quality sweep on a tiny model: runs, appends JSONL, renders, never redoes a finished run, restarts an
+interrupted one cleanly."""
+
+import json
+
+import yaml
+
+from glue_runs.sweep import main
+
+
+def write_config(tmp_path, glue_dir, model):
+    config = {
+        "output_root": str(tmp_path / "runs"),
+        "results": str(tmp_path / "results" / "sweep.jsonl"),
+        "tasks": ["RTE"],
+        "seeds": [0, 1],
+        "base": {
+            "model_name_or_path": model,
+            "glue_dir": glue_dir,
+            "data_source": "glue_dir",
+            "do_train": True,
+            "do_eval": True,
+            "max_train_samples": 48,
+            "max_eval_samples": 24,
+            "max_seq_length": 48,
+            "max_steps": 2,
+            "per_device_train_batch_size": 8,
+            "save_strategy": "no",
+            "report_to": "none",
+            "use_cpu": True,
+            "disable_tqdm": True,
+            "save_final_model": False,
+            "lets_interval": 1,
+        },
+        "methods": {"adamw": {"sam_variant": "none"}, "lets-sam": {"sam_variant": "sam", "lets": True}},
+    }
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return str(path), config
+
+
+def records(config):
+    with open(config["results"]) as f:
+        return [json.loads(line) for line in f]
+
+
+def test_sweep_runs_resumes_and_renders(tmp_path, glue_dir, tiny_roberta):
+    path, config = write_config(tmp_path, glue_dir, tiny_roberta)
+    main([path, "--max-runs", "3"])  # one sitting: 3 of the 4 runs
+    first = records(config)
+    assert [(r["method"], r["seed"]) for r in first] == [("adamw", 0), ("lets-sam", 0), ("adamw", 1)]
+    assert all(r["metric"] == "accuracy" and 0 <= r["value"] <= 1 for r in first)
+    lets = first[1]
+    assert lets["lets"] and lets["final_rho"] > 0 and [s for s, _ in lets["rho_trajectory"]] == [2]
+    assert lets["heldout"]["heldout_source"] == "train" and first[0]["final_rho"] is None
+
+    interrupted = tmp_path / "runs" / "RTE" / "lets-sam" / "seed1"  # a run killed half-way leaves a folder
+    interrupted.mkdir(parents=True)
+    (interrupted / "junk.txt").write_text("half-written")
+    main([path])
+    second = records(config)
+    assert second[:3] == first and [(r["method"], r["seed"]) for r in second[3:]] == [("lets-sam", 1)]
+    assert not (interrupted / "junk.txt").exists() and (interrupted / "all_results.json").is_file()
+
+    main([path])  # everything done: nothing is redone
+    assert records(config) == second
+    table = (tmp_path / "results" / "sweep.md").read_text()
+    assert "| RTE (accuracy) |" in table and "(n=2)" in table and "rho" in table and "4 of 4 runs" in table
+    assert (tmp_path / "results" / "sweep.png").read_bytes()[:4] == b"\x89PNG"
