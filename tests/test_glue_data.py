@@ -99,3 +99,25 @@ def test_qqp_layout(tmp_path):
     data = load_glue_dir(get_task("QQP"), str(tmp_path), with_test=True)
     assert data["train"][0] == {"question1": "q a", "question2": "q b", "idx": 5, "label": 1}
     assert data["validation"]["label"] == [0] and data["test"]["idx"] == [0]
+
+
+def test_hub_source_uses_nyu_mll_glue(monkeypatch):
+    """The Hub path, without a network: load_dataset is asked for nyu-mll/glue and the task's config, and the
+    splits we need are kept (MNLI's two dev sets; test splits only with predictions)."""
+    import datasets
+
+    from glue_runs.data import load_hub
+
+    asked = []
+
+    def fake_load_dataset(path, name=None, **kwargs):
+        asked.append((path, name))
+        split = datasets.Dataset.from_dict({"premise": ["a"], "hypothesis": ["b"], "label": [0], "idx": [0]})
+        names = ["train", "validation_matched", "validation_mismatched", "test_matched", "test_mismatched"]
+        return datasets.DatasetDict({n: split for n in names})
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    dev_only = load_hub(get_task("MNLI"), with_test=False)
+    assert list(dev_only) == ["train", "validation_matched", "validation_mismatched"]
+    assert len(load_hub(get_task("mnli"), with_test=True)) == 5
+    assert asked == [("nyu-mll/glue", "mnli"), ("nyu-mll/glue", "mnli")]

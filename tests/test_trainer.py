@@ -262,3 +262,43 @@ def test_plain_training_arguments_are_refused(base_args):
     base = {k: v for k, v in base_args.items() if k != "lets_guard_tolerance"}
     with pytest.raises(TypeError, match="needs LETSTrainingArguments"):
         LETSTrainer(model=tiny_bert(), args=TrainingArguments(**base))
+
+
+# ---- fp16 loss scaling: the GradScaler path, exercised on CPU with torch.amp.GradScaler("cpu") ------------------
+def train_with_scaler(base_args, scaler, trainer_cls=LETSTrainer):
+    """No clipping here: Accelerate unscales before clipping only when mixed_precision is fp16 (CUDA), so with a
+    scaler set by hand the Trainer would clip scaled gradients; the optimizer's scaler.step unscales either way."""
+    model = tiny_bert()
+    args = LETSTrainingArguments(**base_args, max_steps=4, per_device_train_batch_size=4, learning_rate=1e-2,
+                                 lets_interval=1, lets_lr=0.2, max_grad_norm=0, gradient_accumulation_steps=2)
+    trainer = trainer_cls(model=model, args=args, train_dataset=token_data(48))
+    trainer.accelerator.scaler = scaler  # what Accelerate sets for fp16 on CUDA; the optimizer wrapper takes it
+    trainer.train()
+    return trainer, params_of(model)
+
+
+def test_loss_scaling_changes_nothing(base_args):
+    """Every gradient LETS uses is unscaled: a power-of-two loss scale gives the same run as none."""
+    plain, p_plain = train_with_scaler(base_args, None)
+    scaled, p_scaled = train_with_scaler(base_args, torch.amp.GradScaler("cpu", init_scale=2.0**14))
+    assert scaled.rho == pytest.approx(plain.rho, rel=1e-5) and plain.rho != 0.05
+    for name in p_plain:
+        torch.testing.assert_close(p_scaled[name], p_plain[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+class OverflowOnce(LETSTrainer):
+    """The third compute_loss call (the ascent of the first micro-batch of step 2) overflows under the scale."""
+
+    calls = 0
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        type(self).calls += 1
+        loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        return loss * 3e38 if type(self).calls == 3 else loss
+
+
+def test_overflowing_ascent_skips_the_perturbation(base_args):
+    OverflowOnce.calls = 0
+    trainer, params = train_with_scaler(base_args, torch.amp.GradScaler("cpu", init_scale=2.0**14), OverflowOnce)
+    assert trainer.state.global_step == 4 and math.isfinite(trainer.rho)
+    assert all(torch.isfinite(p).all() for p in params.values())
