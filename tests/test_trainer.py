@@ -269,8 +269,16 @@ def train_with_scaler(base_args, scaler, trainer_cls=LETSTrainer):
     """No clipping here: Accelerate unscales before clipping only when mixed_precision is fp16 (CUDA), so with a
     scaler set by hand the Trainer would clip scaled gradients; the optimizer's scaler.step unscales either way."""
     model = tiny_bert()
-    args = LETSTrainingArguments(**base_args, max_steps=4, per_device_train_batch_size=4, learning_rate=1e-2,
-                                 lets_interval=1, lets_lr=0.2, max_grad_norm=0, gradient_accumulation_steps=2)
+    args = LETSTrainingArguments(
+        **base_args,
+        max_steps=4,
+        per_device_train_batch_size=4,
+        learning_rate=1e-2,
+        lets_interval=1,
+        lets_lr=0.2,
+        max_grad_norm=0,
+        gradient_accumulation_steps=2,
+    )
     trainer = trainer_cls(model=model, args=args, train_dataset=token_data(48))
     trainer.accelerator.scaler = scaler  # what Accelerate sets for fp16 on CUDA; the optimizer wrapper takes it
     trainer.train()
