@@ -30,6 +30,8 @@ def split_heldout(dataset: Any, fraction: float, seed: int) -> tuple[Any, Any, n
         ``(train, heldout, train_indices, heldout_indices)``; a `datasets.Dataset` is split with ``select``, any
         other dataset with `torch.utils.data.Subset`.
     """
+    if not hasattr(dataset, "__len__"):
+        raise ValueError("Cannot carve a held-out split off an iterable (unsized) training set: pass lets_dataset.")
     n = len(dataset)
     if n < 2:
         raise ValueError(f"Cannot carve a held-out split off a training set of {n} example(s); pass lets_dataset.")

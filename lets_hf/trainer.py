@@ -114,20 +114,31 @@ class LETSTrainer(Trainer):
         self.model_accepts_loss_kwargs = False
         self.lets_dataset = lets_dataset
         self.direction = None if args.sam_variant == "none" else get_perturbation(args.sam_variant)
+        self._warned_optimizer = False
+        self._reset_lets_state()
+
+    def _reset_lets_state(self) -> None:
+        """The radius back to ``sam_rho`` and no hyper-step in flight: a new ``train()`` starts afresh (a resume
+        then loads the checkpoint's state on top)."""
+        args = self.args
+        self._params: list[torch.Tensor] | None = None  # model_init may bring a new model to each train()
+        self._theta: list[torch.Tensor] | None = None  # the saved copy the weights are restored from
         self.radius = RadiusState(log_rho=math.log(args.sam_rho) if args.sam_rho > 0 else -math.inf)
         self.guard = LossGuard(args.lets_guard_tolerance) if args.lets_guard_tolerance else None
         self.lets_history: list[dict[str, float]] = []
         self._last_hyper: dict[str, float] = {}
         self._micro_step = 0
-        self._params: list[torch.Tensor] | None = None
-        self._theta: list[torch.Tensor] | None = None  # the saved copy the weights are restored from
         self._pending: _Pending | None = None  # fed by step t-1, consumed by step t
         self._w: list[torch.Tensor] | None = None  # d theta_t / d rho of the hyper-step in progress
         self._u_acc: list[torch.Tensor] | None = None  # this step's curvature, accumulated over micro-batches
         self._sums: torch.Tensor | None = None  # [l_V, h_V.w, l_B', g'.w] of the hyper-step in progress
         self._heldout: HeldoutStream | None = None
         self._heldout_resume: dict | None = None
-        self._warned_optimizer = False
+
+    def train(self, *args: Any, **kwargs: Any):
+        """`Trainer.train`, starting the radius afresh (or from the checkpoint when resuming)."""
+        self._reset_lets_state()
+        return super().train(*args, **kwargs)
 
     @property
     def rho(self) -> float:

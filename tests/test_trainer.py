@@ -310,3 +310,20 @@ def test_overflowing_ascent_skips_the_perturbation(base_args):
     trainer, params = train_with_scaler(base_args, torch.amp.GradScaler("cpu", init_scale=2.0**14), OverflowOnce)
     assert trainer.state.global_step == 4 and math.isfinite(trainer.rho)
     assert all(torch.isfinite(p).all() for p in params.values())
+
+
+def test_a_second_train_starts_afresh(base_args):
+    """No hyper-step, history or radius leaks from one train() into the next."""
+    args = LETSTrainingArguments(**base_args, max_steps=3, per_device_train_batch_size=4, lets_interval=1, lets_lr=0.2)
+    trainer = LETSTrainer(model=tiny_bert(), args=args, train_dataset=token_data(40))
+    trainer.train()
+    first = [h["step"] for h in trainer.lets_history]
+    trainer.train()
+    assert [h["step"] for h in trainer.lets_history] == first == [2, 3]
+
+
+def test_unsized_training_set_needs_a_lets_dataset():
+    from lets_hf import split_heldout
+
+    with pytest.raises(ValueError, match="iterable .* pass lets_dataset"):
+        split_heldout(iter(token_data(8)), 0.1, seed=0)
