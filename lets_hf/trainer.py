@@ -14,7 +14,6 @@ radius takes one step on ``dF/drho`` and, on feeding steps, ``u`` is formed for 
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -22,10 +21,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import Trainer
 
+from .checkpoint import LETS_STATE_NAME, load_lets_state, save_lets_state
 from .heldout import EpochPermutationSampler, HeldoutStream, split_heldout
 from .hypergradient import (
     LossGuard,
@@ -45,9 +44,6 @@ from .training_args import _BACKEND_MESSAGE, LETSTrainingArguments
 logger = logging.getLogger(__name__)
 
 __all__ = ["LETSTrainer"]
-
-LETS_STATE_NAME = "lets_state.json"
-LETS_CURVATURE_NAME = "lets_curvature.safetensors"
 
 
 @dataclass
@@ -385,54 +381,32 @@ class LETSTrainer(Trainer):
         super()._save_checkpoint(model, trial)
         if self.direction is None or not self.args.should_save:
             return
-        folder = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
+        pending = self._pending
         state = {
             "radius": self.radius.to_dict(),
             "guard": self.guard.to_dict() if self.guard else None,
             "heldout": self._heldout.state_dict() if self._heldout else self._heldout_resume,
             "last_hyper": self._last_hyper,
             "history": self.lets_history,
-            "pending": None,
+            "pending": None if pending is None else {"lrs": pending.lrs, "clip_coef": float(pending.clip_coef)},
         }
-        if self._pending is not None:
-            p = self._pending
-            state["pending"] = {"lrs": p.lrs, "clip_coef": float(p.clip_coef)}
-            _atomic(
-                os.path.join(folder, LETS_CURVATURE_NAME),
-                lambda path: save_file({f"u.{i}": t.contiguous() for i, t in enumerate(p.u)}, path),
-            )
-        _atomic(os.path.join(folder, LETS_STATE_NAME), lambda path: _write_json(state, path))
+        folder = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
+        save_lets_state(folder, state, pending.u if pending else None)
 
     def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
         super()._load_optimizer_and_scheduler(checkpoint)
-        path = os.path.join(checkpoint, LETS_STATE_NAME) if checkpoint else None
-        if self.direction is None or path is None:
+        if self.direction is None or checkpoint is None:
             return
-        if not os.path.isfile(path):
+        loaded = load_lets_state(checkpoint, device=str(self.args.device))
+        if loaded is None:
             logger.warning("%s has no %s: the radius restarts from sam_rho.", checkpoint, LETS_STATE_NAME)
             return
-        with open(path) as f:
-            state = json.load(f)
+        state, curvature = loaded
         self.radius = RadiusState(**state["radius"])
         if self.guard is not None and state["guard"]:
             self.guard = LossGuard(**state["guard"])
-        self._heldout_resume = state["heldout"]
-        self._heldout = None
+        self._heldout_resume, self._heldout = state["heldout"], None
         self._last_hyper = state["last_hyper"]
         self.lets_history = state["history"]
-        if state["pending"] is not None:
-            tensors = load_file(os.path.join(checkpoint, LETS_CURVATURE_NAME), device=str(self.args.device))
-            u = [tensors[f"u.{i}"] for i in range(len(tensors))]
-            self._pending = _Pending(u=u, lrs=state["pending"]["lrs"], clip_coef=state["pending"]["clip_coef"])
-
-
-def _write_json(obj: Any, path: str) -> None:
-    with open(path, "w") as f:
-        json.dump(obj, f, indent=1)
-
-
-def _atomic(path: str, write) -> None:
-    """Write through a temporary file and rename, so a crash never leaves a half-written file."""
-    tmp = f"{path}.tmp"
-    write(tmp)
-    os.replace(tmp, path)
+        if curvature is not None:
+            self._pending = _Pending(u=curvature, **state["pending"])

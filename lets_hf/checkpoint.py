@@ -1,0 +1,54 @@
+"""The LETS state in a checkpoint folder, beside the Trainer's own files, in JSON and safetensors (no pickle).
+
+``lets_state.json`` holds the radius and its optimizer state, the loss guard, where the held-out loader stands,
+the last logged values and the history; ``lets_curvature.safetensors`` holds the curvature buffer ``u`` when a
+hyper-step is pending across the checkpoint. Both are written to a temporary name and renamed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+
+import torch
+from safetensors.torch import load_file, save_file
+
+__all__ = ["LETS_CURVATURE_NAME", "LETS_STATE_NAME", "load_lets_state", "save_lets_state"]
+
+LETS_STATE_NAME = "lets_state.json"
+LETS_CURVATURE_NAME = "lets_curvature.safetensors"
+
+
+def save_lets_state(folder: str, state: dict, curvature: list[torch.Tensor] | None) -> None:
+    """Write ``state`` (JSON-serialisable) and, if given, the curvature buffer into ``folder``."""
+    if curvature is not None:
+        tensors = {f"u.{i}": t.contiguous() for i, t in enumerate(curvature)}
+        _atomic(os.path.join(folder, LETS_CURVATURE_NAME), lambda path: save_file(tensors, path))
+    _atomic(os.path.join(folder, LETS_STATE_NAME), lambda path: _write_json(state, path))
+
+
+def load_lets_state(folder: str, device: str) -> tuple[dict, list[torch.Tensor] | None] | None:
+    """``(state, curvature or None)`` from ``folder``, or None when it holds no LETS state."""
+    path = os.path.join(folder, LETS_STATE_NAME)
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        state = json.load(f)
+    curvature = None
+    if state.get("pending") is not None:
+        tensors = load_file(os.path.join(folder, LETS_CURVATURE_NAME), device=device)
+        curvature = [tensors[f"u.{i}"] for i in range(len(tensors))]
+    return state, curvature
+
+
+def _write_json(obj: dict, path: str) -> None:
+    with open(path, "w") as f:
+        json.dump(obj, f, indent=1)
+
+
+def _atomic(path: str, write: Callable[[str], None]) -> None:
+    """Write through a temporary file and rename, so a crash never leaves a half-written file."""
+    tmp = f"{path}.tmp"
+    write(tmp)
+    os.replace(tmp, path)
