@@ -7,7 +7,7 @@ GLUE_DIR ?= ../shared/glue
 export GLUE_DIR
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install test lint demo
+.PHONY: install test lint demo bench sweep
 
 install: $(VENV)/.installed
 
@@ -27,3 +27,10 @@ test: install lint
 
 demo: install
 	$(BIN)/lets-glue glue_runs/configs/demo_minilm_rte.json
+
+# The measurements behind docs/results.md (long: see the commands there).
+bench: install
+	$(BIN)/python -m glue_runs.bench_speed --model minilm --out docs/bench/minilm
+
+sweep: install
+	$(BIN)/python -m glue_runs.sweep glue_runs/configs/sweep_minilm.yaml

@@ -121,3 +121,26 @@ def test_hub_source_uses_nyu_mll_glue(monkeypatch):
     assert list(dev_only) == ["train", "validation_matched", "validation_mismatched"]
     assert len(load_hub(get_task("mnli"), with_test=True)) == 5
     assert asked == [("nyu-mll/glue", "mnli"), ("nyu-mll/glue", "mnli")]
+
+
+def test_ci_fails_instead_of_skipping_without_glue_files(tmp_path):
+    """LETS_REQUIRE_GLUE=1 (set by .ci/run) turns a missing GLUE_DIR from a skip into a failure."""
+    import subprocess
+    import sys
+
+    test = "tests/test_glue_data.py::test_quirks_of_the_original_files"
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    results = {}
+    for require in ("", "1"):
+        env = {**os.environ, "GLUE_DIR": str(tmp_path / "missing"), "LETS_REQUIRE_GLUE": require}
+        proc = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", test],
+            cwd=root,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        results[require] = (proc.returncode, proc.stdout)
+    assert results[""][0] == 0 and "1 skipped" in results[""][1]
+    assert results["1"][0] == 1 and "does not hold the GLUE files" in results["1"][1]
