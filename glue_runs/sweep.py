@@ -167,6 +167,14 @@ def render(config: dict, command: str) -> None:
     total = len(plan(config))
     text = f"{render_table(config, records)}\n\n{len(records)} of {total} runs finished. Command: `{command}`\n"
     atomic_write_text(f"{stem}.md", text)
+    page = config.get("results_page")  # optional: keep a docs page's copy of the table current
+    if page and os.path.isfile(page):
+        with open(page) as f:
+            content = f.read()
+        start, end = "<!-- sweep-table:start -->\n", "<!-- sweep-table:end -->"
+        if start in content and end in content:
+            head, rest = content.split(start, 1)
+            atomic_write_text(page, head + start + text + rest[rest.index(end) :])
     if records:
         render_plot(config, records, f"{stem}.png")
 

@@ -12,6 +12,7 @@ def write_config(tmp_path, glue_dir, model):
     config = {
         "output_root": str(tmp_path / "runs"),
         "results": str(tmp_path / "results" / "sweep.jsonl"),
+        "results_page": str(tmp_path / "page.md"),
         "tasks": ["RTE"],
         "seeds": [0, 1],
         "base": {
@@ -34,6 +35,7 @@ def write_config(tmp_path, glue_dir, model):
         },
         "methods": {"adamw": {"sam_variant": "none"}, "lets-sam": {"sam_variant": "sam", "lets": True}},
     }
+    (tmp_path / "page.md").write_text("# Results\n<!-- sweep-table:start -->\nold\n<!-- sweep-table:end -->\nafter\n")
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(config))
     return str(path), config
@@ -67,3 +69,5 @@ def test_sweep_runs_resumes_and_renders(tmp_path, glue_dir, tiny_roberta):
     table = (tmp_path / "results" / "sweep.md").read_text()
     assert "| RTE (accuracy) |" in table and "(n=2)" in table and "rho" in table and "4 of 4 runs" in table
     assert (tmp_path / "results" / "sweep.png").read_bytes()[:4] == b"\x89PNG"
+    page = (tmp_path / "page.md").read_text()
+    assert table in page and "old" not in page and page.endswith("<!-- sweep-table:end -->\nafter\n")
