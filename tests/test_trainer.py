@@ -327,3 +327,34 @@ def test_unsized_training_set_needs_a_lets_dataset():
 
     with pytest.raises(ValueError, match="iterable .* pass lets_dataset"):
         split_heldout(iter(token_data(8)), 0.1, seed=0)
+
+
+def test_lets_with_a_pinned_radius_trains_exactly_like_fixed_sam(base_args):
+    """The held-out passes and the bookkeeping must not touch training: with rho pinned (rho_min = rho_max =
+    sam_rho), LETS-SAM on the same training data gives fixed SAM's parameters."""
+
+    def run(**lets):
+        model = tiny_bert()
+        args = LETSTrainingArguments(
+            **base_args,
+            max_steps=5,
+            per_device_train_batch_size=4,
+            learning_rate=1e-2,
+            max_grad_norm=1.0,
+            gradient_accumulation_steps=2,
+            **lets,
+        )
+        trainer = LETSTrainer(
+            model=model,
+            args=args,
+            train_dataset=token_data(48),
+            lets_dataset=token_data(12, seed=1) if lets.get("lets") else None,
+        )
+        trainer.train()
+        return trainer, params_of(model)
+
+    fixed, p_fixed = run(lets=False)
+    pinned, p_pinned = run(lets=True, lets_interval=1, lets_rho_min=0.05, lets_rho_max=0.05)
+    assert len(pinned.lets_history) == 4 and pinned.rho == pytest.approx(0.05)
+    for name in p_fixed:
+        torch.testing.assert_close(p_pinned[name], p_fixed[name], rtol=0, atol=1e-7, msg=name)
