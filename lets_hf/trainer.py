@@ -194,7 +194,7 @@ class LETSTrainer(Trainer):
             with self.compute_loss_context_manager():
                 loss = self.compute_loss(model, dict(inputs))
             self.accelerator.backward(loss)
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        grads = _grads_of(params)
         for p in params:
             p.grad = None
         if self.args.sam_sync_perturbation:
@@ -243,7 +243,7 @@ class LETSTrainer(Trainer):
             with self.compute_loss_context_manager():
                 loss = self.compute_loss(model, dict(batch))
             self.accelerator.backward(loss)
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        grads = _grads_of(params)
         s_v = dot(grads, w)
         if self.accelerator.scaler is not None:
             s_v = s_v / self.accelerator.scaler.get_scale()
@@ -328,7 +328,7 @@ class LETSTrainer(Trainer):
         if not (self.args.lets_hvp == "secant" and self.args.sam_sync_perturbation):
             all_reduce_mean_(u, self.accelerator.num_processes)  # per-rank ascents or batches: average them
         inv_scale = 1.0 / self.accelerator.scaler.get_scale() if self.accelerator.scaler is not None else 1.0
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        grads = _grads_of(params)
         if self.args.lets_hvp == "secant":
             torch._foreach_mul_(u, 1.0 / inv_scale)  # bring Gbar into G's (loss-scaled) units
             secant_curvature_(u, grads, rho)
@@ -410,3 +410,8 @@ class LETSTrainer(Trainer):
         self.lets_history = state["history"]
         if curvature is not None:
             self._pending = _Pending(u=curvature, **state["pending"])
+
+
+def _grads_of(params: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Each parameter's ``.grad``, zeros for one the loss did not reach (so lists stay aligned with params)."""
+    return [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
