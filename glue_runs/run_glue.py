@@ -103,6 +103,14 @@ class DataArguments:
     lets_dev_fraction: float = field(
         default=0.5, metadata={"help": "With --lets_heldout_source dev: the fraction of the dev set used for rho."}
     )
+    carve_heldout_always: bool = field(
+        default=False,
+        metadata={
+            "help": "Carve the held-out split even when LETS is off, so AdamW and fixed-radius SAM baselines "
+            "train on (and report on) exactly the examples a LETS run with the same seed does. For fair "
+            "comparisons in sweeps; the held-out part is then simply unused."
+        },
+    )
     overwrite_output_dir: bool = field(
         default=False, metadata={"help": "Allow writing into an output_dir that holds another run's results."}
     )
@@ -245,8 +253,13 @@ def load_data(data_args: DataArguments, args) -> tuple[GlueTask, datasets.Datase
 
 
 def _heldout_split(raw, task: GlueTask, data_args: DataArguments, args):
-    """Carve the held-out data for rho off train (default) or the first dev set; never off what is reported."""
-    if not (args.lets and args.sam_variant != "none" and args.do_train):
+    """Carve the held-out data for rho off train (default) or the first dev set; never off what is reported.
+
+    Without LETS nothing is carved, unless ``carve_heldout_always`` asks for the same split anyway (the held-out
+    part is then returned as None: nothing uses it).
+    """
+    lets_on = args.lets and args.sam_variant != "none" and args.do_train
+    if not (lets_on or (data_args.carve_heldout_always and args.do_train)):
         return raw, None, {"heldout_source": "none"}
     if data_args.lets_heldout_source == "dev":
         name = task.dev_splits[0] if task.dev_splits and task.dev_splits[0] in raw else None
@@ -260,7 +273,9 @@ def _heldout_split(raw, task: GlueTask, data_args: DataArguments, args):
         raw["train"] = train
         info = {"heldout_source": "train", "heldout_size": len(held), "train_size": len(train)}
     info["heldout_idx"] = [int(i) for i in held["idx"]]
-    return raw, held, info
+    if not lets_on:
+        info["heldout_source"] += " (carved, unused: LETS is off)"
+    return raw, held if lets_on else None, info
 
 
 def _tokenize(raw: datasets.DatasetDict, tokenizer, task: GlueTask, data_args: DataArguments):

@@ -3,6 +3,8 @@
 Runs `lets-glue` over tasks x methods x seeds from one config, each run in its own folder
 (``output_root/<task>/<method>/seed<k>``) and its own process. A finished run appends one line to the results JSONL
 and is never redone; a run interrupted half-way (a folder without an entry) is deleted and restarted from scratch.
+Each entry keeps the settings it ran with: a results file whose entries were made with other settings than the
+config now asks for is refused rather than mixed into one table.
 After every run, ``<results>.md`` (mean and std over seeds of each task's main metric, the final rho of the LETS runs)
 and ``<results>.png`` (per task, the methods side by side with their seed spread; rho over training for the LETS
 runs) are rendered again, so a partial table is always on disk.
@@ -53,20 +55,39 @@ def finished(results_path: str) -> dict[tuple[str, str, int], dict]:
     return {(r["task"], r["method"], r["seed"]): r for r in rows}
 
 
+def settings(config: dict, task: str, method: str, seed: int) -> dict:
+    """The lets-glue flags of one run (output_dir aside): base < task_overrides < method."""
+    return {
+        **config["base"],
+        **config.get("task_overrides", {}).get(task, {}),
+        **config["methods"][method],
+        "task_name": task,
+        "seed": seed,
+    }
+
+
+def check_settings(config: dict, done: dict) -> None:
+    """Refuse a results file whose finished runs were made with other settings than the config's now."""
+    for (task, method, seed), record in done.items():
+        if task not in config["tasks"] or method not in config["methods"]:
+            continue  # a run the config no longer asks for: kept in the file, left out of nothing
+        wanted, had = settings(config, task, method, seed), record.get("settings")
+        if had != wanted:
+            keys = sorted(k for k in set(wanted) | set(had or {}) if (had or {}).get(k) != wanted.get(k))
+            raise ValueError(
+                f"{config['results']}: {task}/{method}/seed{seed} ran with other settings than the config "
+                f"asks for now ({', '.join(keys) if had else 'no settings recorded'}). Point 'results' at a new "
+                "file, or remove those lines to rerun them."
+            )
+
+
 def run_one(config: dict, task: str, method: str, seed: int) -> dict:
     """One lets-glue run in a fresh process; returns its JSONL record."""
     out = os.path.join(config["output_root"], task, method, f"seed{seed}")
     if os.path.isdir(out):  # an interrupted run: start it again cleanly
         shutil.rmtree(out)
     os.makedirs(os.path.dirname(out), exist_ok=True)
-    flags = {
-        **config["base"],
-        **config.get("task_overrides", {}).get(task, {}),
-        **config["methods"][method],
-        "task_name": task,
-        "seed": seed,
-        "output_dir": out,
-    }
+    flags = {**settings(config, task, method, seed), "output_dir": out}
     config_path = f"{out}.run.json"  # the exact settings, kept beside the run folder
     atomic_write_text(config_path, json.dumps(flags, indent=2))
     start = time.time()
@@ -95,6 +116,7 @@ def run_one(config: dict, task: str, method: str, seed: int) -> dict:
         "rho_trajectory": trajectory,
         "output_dir": out,
         "all_results": {k: v for k, v in results.items() if k.startswith("eval_")},
+        "settings": settings(config, task, method, seed),
     }
 
 
@@ -188,6 +210,7 @@ def main(argv: list[str] | None = None) -> dict:
     config = load_config(opts.config)
     command = "python -m glue_runs.sweep " + " ".join(sys.argv[1:] if argv is None else argv)
     done, new = finished(config["results"]), 0
+    check_settings(config, done)
     for task, method, seed in [] if opts.render_only else plan(config):
         if (task, method, seed) in done:
             continue

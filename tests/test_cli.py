@@ -115,6 +115,22 @@ def test_tiny_roberta_stsb_with_dev_heldout(glue_dir, tiny_roberta, tmp_path):
     assert len(scores) == 20 and all(0 <= s <= 5 for s in scores)
 
 
+def test_carve_heldout_always_gives_baselines_the_lets_training_set(glue_dir, tiny_roberta, tmp_path):
+    def train_idx(name, *extra, **flags):
+        argv = glue_argv(tiny_roberta, "RTE", glue_dir, tmp_path / name, *extra, max_train_samples=50, max_steps=1)
+        _, trainer = run([a for a in argv if a != "--do_eval"] + [f"--{k}={v}" for k, v in flags.items()])
+        return sorted(trainer.train_dataset["idx"]), json.loads((tmp_path / name / "all_results.json").read_text())
+
+    lets, lets_summary = train_idx("lets", lets="true")
+    fixed, fixed_summary = train_idx("fixed", "--carve_heldout_always", lets="false")
+    plain, _ = train_idx("plain", lets="false")
+    adamw, _ = train_idx("adamw", "--carve_heldout_always", sam_variant="none")
+    assert len(lets) == 50 - lets_summary["lets_heldout"]["heldout_size"] < 50
+    assert fixed == lets and adamw == lets
+    assert len(plain) == 50
+    assert fixed_summary["lets_heldout"]["heldout_source"] == "train (carved, unused: LETS is off)"
+
+
 MNLI_PARSES = (
     "promptID\tpairID\tgenre\tsentence1_binary_parse\tsentence2_binary_parse\tsentence1_parse\tsentence2_parse"
 )

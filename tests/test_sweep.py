@@ -3,6 +3,7 @@ interrupted one cleanly."""
 
 import json
 
+import pytest
 import yaml
 
 from glue_runs.sweep import main
@@ -71,3 +72,20 @@ def test_sweep_runs_resumes_and_renders(tmp_path, glue_dir, tiny_roberta):
     assert (tmp_path / "results" / "sweep.png").read_bytes()[:4] == b"\x89PNG"
     page = (tmp_path / "page.md").read_text()
     assert table in page and "old" not in page and page.endswith("<!-- sweep-table:end -->\nafter\n")
+
+
+def test_sweep_refuses_results_made_with_other_settings(tmp_path, glue_dir, tiny_roberta):
+    path, config = write_config(tmp_path, glue_dir, tiny_roberta)
+    config["seeds"] = [0]
+    config["methods"] = {"adamw": config["methods"]["adamw"]}
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(config))
+    main([path])
+    assert records(config)[0]["settings"]["max_train_samples"] == 48
+
+    config["base"]["max_train_samples"] = 40  # the same runs, other settings: not silently mixed into one table
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(config))
+    with pytest.raises(ValueError, match=r"RTE/adamw/seed0 ran with other settings .*\(max_train_samples\)"):
+        main([path])
+    config["task_overrides"] = {"RTE": {"max_train_samples": 48}}  # an override restoring them is accepted
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(config))
+    assert len(main([path])) == 1
