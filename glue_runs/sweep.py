@@ -70,7 +70,7 @@ def check_settings(config: dict, done: dict) -> None:
     """Refuse a results file whose finished runs were made with other settings than the config's now."""
     for (task, method, seed), record in done.items():
         if task not in config["tasks"] or method not in config["methods"]:
-            continue  # a run the config no longer asks for: kept in the file, left out of nothing
+            continue  # a run the config no longer asks for: left in the file, not checked
         wanted, had = settings(config, task, method, seed), record.get("settings")
         if had != wanted:
             keys = sorted(k for k in set(wanted) | set(had or {}) if (had or {}).get(k) != wanted.get(k))
