@@ -258,6 +258,23 @@ def test_deepspeed_and_fsdp_are_refused(tmp_path):
         LETSTrainingArguments(output_dir=str(tmp_path), fsdp="full_shard")
 
 
+@pytest.mark.parametrize("flag, backend", [("is_deepspeed_enabled", "DeepSpeed"), ("is_fsdp_enabled", "FSDP")])
+def test_backend_enabled_by_an_accelerate_config_is_refused(monkeypatch, base_args, flag, backend):
+    """`accelerate launch --config_file` can turn DeepSpeed/FSDP on without any training argument saying so; the
+    Trainer learns it when it builds its Accelerator. (DeepSpeed itself is not installed here, so the flag is set
+    the way `Trainer.create_accelerator_and_postprocess` sets it.)"""
+    build = Trainer.create_accelerator_and_postprocess
+
+    def with_backend(self):
+        build(self)
+        setattr(self, flag, True)
+
+    monkeypatch.setattr(Trainer, "create_accelerator_and_postprocess", with_backend)
+    args = LETSTrainingArguments(**base_args)
+    with pytest.raises(NotImplementedError, match=f"{backend} is not supported by LETSTrainer"):
+        LETSTrainer(model=LinearRegressor(), args=args, train_dataset=regression_data(8))
+
+
 def test_plain_training_arguments_are_refused(base_args):
     base = {k: v for k, v in base_args.items() if k != "lets_guard_tolerance"}
     with pytest.raises(TypeError, match="needs LETSTrainingArguments"):
