@@ -68,8 +68,9 @@ def settings(config: dict, task: str, method: str, seed: int) -> dict:
 
 def check_settings(config: dict, done: dict) -> None:
     """Refuse a results file whose finished runs were made with other settings than the config's now."""
+    planned = set(plan(config))
     for (task, method, seed), record in done.items():
-        if task not in config["tasks"] or method not in config["methods"]:
+        if (task, method, seed) not in planned:
             continue  # a run the config no longer asks for: left in the file, not checked
         wanted, had = settings(config, task, method, seed), record.get("settings")
         if had != wanted:
@@ -184,9 +185,10 @@ def render_plot(config: dict, records: dict, path: str) -> None:
 
 
 def render(config: dict, command: str) -> None:
-    records = finished(config["results"])
+    planned = set(plan(config))  # runs the config no longer asks for stay in the file, out of the table
+    records = {key: r for key, r in finished(config["results"]).items() if key in planned}
     stem = os.path.splitext(config["results"])[0]
-    total = len(plan(config))
+    total = len(planned)
     text = f"{render_table(config, records)}\n\n{len(records)} of {total} runs finished. Command: `{command}`\n"
     atomic_write_text(f"{stem}.md", text)
     page = config.get("results_page")  # optional: keep a docs page's copy of the table current

@@ -73,6 +73,12 @@ def test_sweep_runs_resumes_and_renders(tmp_path, glue_dir, tiny_roberta):
     page = (tmp_path / "page.md").read_text()
     assert table in page and "old" not in page and page.endswith("<!-- sweep-table:end -->\nafter\n")
 
+    config["seeds"] = [1]  # a narrower config: the other runs stay in the file but leave the table
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(config))
+    main([path, "--render-only"])
+    table = (tmp_path / "results" / "sweep.md").read_text()
+    assert "(n=1)" in table and "(n=2)" not in table and "2 of 2 runs" in table and len(records(config)) == 4
+
 
 def test_sweep_refuses_results_made_with_other_settings(tmp_path, glue_dir, tiny_roberta):
     path, config = write_config(tmp_path, glue_dir, tiny_roberta)
