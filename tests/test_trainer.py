@@ -282,24 +282,22 @@ def test_plain_training_arguments_are_refused(base_args):
 
 
 # ---- fp16 loss scaling: the GradScaler path, exercised on CPU with torch.amp.GradScaler("cpu") ------------------
+def train_tiny_bert(base_args, trainer_cls=LETSTrainer, scaler=None, lets_dataset=None, **overrides):
+    """A short tiny-BERT run (4 examples per micro-batch, accumulation 2, lr 1e-2); returns (trainer, params)."""
+    model = tiny_bert()
+    settings = dict(max_steps=4, per_device_train_batch_size=4, learning_rate=1e-2, gradient_accumulation_steps=2)
+    args = LETSTrainingArguments(**base_args, **(settings | overrides))
+    trainer = trainer_cls(model=model, args=args, train_dataset=token_data(48), lets_dataset=lets_dataset)
+    if scaler is not None:
+        trainer.accelerator.scaler = scaler  # what Accelerate sets for fp16 on CUDA; the optimizer wrapper takes it
+    trainer.train()
+    return trainer, params_of(model)
+
+
 def train_with_scaler(base_args, scaler, trainer_cls=LETSTrainer):
     """No clipping here: Accelerate unscales before clipping only when mixed_precision is fp16 (CUDA), so with a
     scaler set by hand the Trainer would clip scaled gradients; the optimizer's scaler.step unscales either way."""
-    model = tiny_bert()
-    args = LETSTrainingArguments(
-        **base_args,
-        max_steps=4,
-        per_device_train_batch_size=4,
-        learning_rate=1e-2,
-        lets_interval=1,
-        lets_lr=0.2,
-        max_grad_norm=0,
-        gradient_accumulation_steps=2,
-    )
-    trainer = trainer_cls(model=model, args=args, train_dataset=token_data(48))
-    trainer.accelerator.scaler = scaler  # what Accelerate sets for fp16 on CUDA; the optimizer wrapper takes it
-    trainer.train()
-    return trainer, params_of(model)
+    return train_tiny_bert(base_args, trainer_cls, scaler=scaler, lets_interval=1, lets_lr=0.2, max_grad_norm=0)
 
 
 def test_loss_scaling_changes_nothing(base_args):
@@ -351,24 +349,8 @@ def test_lets_with_a_pinned_radius_trains_exactly_like_fixed_sam(base_args):
     sam_rho), LETS-SAM on the same training data gives fixed SAM's parameters."""
 
     def run(**lets):
-        model = tiny_bert()
-        args = LETSTrainingArguments(
-            **base_args,
-            max_steps=5,
-            per_device_train_batch_size=4,
-            learning_rate=1e-2,
-            max_grad_norm=1.0,
-            gradient_accumulation_steps=2,
-            **lets,
-        )
-        trainer = LETSTrainer(
-            model=model,
-            args=args,
-            train_dataset=token_data(48),
-            lets_dataset=token_data(12, seed=1) if lets.get("lets") else None,
-        )
-        trainer.train()
-        return trainer, params_of(model)
+        held = token_data(12, seed=1) if lets.get("lets") else None
+        return train_tiny_bert(base_args, lets_dataset=held, max_steps=5, max_grad_norm=1.0, **lets)
 
     fixed, p_fixed = run(lets=False)
     pinned, p_pinned = run(lets=True, lets_interval=1, lets_rho_min=0.05, lets_rho_max=0.05)
