@@ -6,10 +6,11 @@ Every file is written to a temporary name and renamed, so an interrupted run nev
 from __future__ import annotations
 
 import csv
-import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
+
+from lets_hf.checkpoint import atomic_write
 
 from .tasks import GlueTask
 
@@ -23,16 +24,6 @@ __all__ = [
 ]
 
 HISTORY_FIELDS = ("step", "rho", "gap", "hypergradient", "train_loss", "heldout_loss")
-
-
-def atomic_write(path: str, write: Callable[[str], None]) -> None:
-    tmp = f"{path}.tmp"
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def atomic_write_text(path: str, text: str) -> None:

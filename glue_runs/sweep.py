@@ -88,7 +88,8 @@ def run_one(config: dict, task: str, method: str, seed: int) -> dict:
     if os.path.isdir(out):  # an interrupted run: start it again cleanly
         shutil.rmtree(out)
     os.makedirs(os.path.dirname(out), exist_ok=True)
-    flags = {**settings(config, task, method, seed), "output_dir": out}
+    run_settings = settings(config, task, method, seed)
+    flags = {**run_settings, "output_dir": out}
     config_path = f"{out}.run.json"  # the exact settings, kept beside the run folder
     atomic_write_text(config_path, json.dumps(flags, indent=2))
     start = time.time()
@@ -117,7 +118,7 @@ def run_one(config: dict, task: str, method: str, seed: int) -> dict:
         "rho_trajectory": trajectory,
         "output_dir": out,
         "all_results": {k: v for k, v in results.items() if k.startswith("eval_")},
-        "settings": settings(config, task, method, seed),
+        "settings": run_settings,
     }
 
 

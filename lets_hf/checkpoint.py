@@ -14,7 +14,7 @@ from collections.abc import Callable
 import torch
 from safetensors.torch import load_file, save_file
 
-__all__ = ["LETS_CURVATURE_NAME", "LETS_STATE_NAME", "load_lets_state", "save_lets_state"]
+__all__ = ["LETS_CURVATURE_NAME", "LETS_STATE_NAME", "atomic_write", "load_lets_state", "save_lets_state"]
 
 LETS_STATE_NAME = "lets_state.json"
 LETS_CURVATURE_NAME = "lets_curvature.safetensors"
@@ -24,8 +24,8 @@ def save_lets_state(folder: str, state: dict, curvature: list[torch.Tensor] | No
     """Write ``state`` (JSON-serialisable) and, if given, the curvature buffer into ``folder``."""
     if curvature is not None:
         tensors = {f"u.{i}": t.contiguous() for i, t in enumerate(curvature)}
-        _atomic(os.path.join(folder, LETS_CURVATURE_NAME), lambda path: save_file(tensors, path))
-    _atomic(os.path.join(folder, LETS_STATE_NAME), lambda path: _write_json(state, path))
+        atomic_write(os.path.join(folder, LETS_CURVATURE_NAME), lambda path: save_file(tensors, path))
+    atomic_write(os.path.join(folder, LETS_STATE_NAME), lambda path: _write_json(state, path))
 
 
 def load_lets_state(folder: str, device: str) -> tuple[dict, list[torch.Tensor] | None] | None:
@@ -47,8 +47,12 @@ def _write_json(obj: dict, path: str) -> None:
         json.dump(obj, f, indent=1)
 
 
-def _atomic(path: str, write: Callable[[str], None]) -> None:
-    """Write through a temporary file and rename, so a crash never leaves a half-written file."""
+def atomic_write(path: str, write: Callable[[str], None]) -> None:
+    """``write(tmp)`` then rename onto ``path``, so a crash never leaves a half-written file (nor a stray tmp)."""
     tmp = f"{path}.tmp"
-    write(tmp)
-    os.replace(tmp, path)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
