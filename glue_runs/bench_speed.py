@@ -189,39 +189,47 @@ def floors(method: str) -> dict[str, float | None]:
 
 
 def report(blocks: dict[str, list[float]], memory: dict[str, float], n_params: int, opts) -> tuple[list[dict], str]:
-    erm = statistics.median(blocks["erm"]) if "erm" in blocks else None
-    sam = statistics.median(blocks["sam"]) if "sam" in blocks else None
-    rows, lines = (
-        [],
-        [
-            f"Model {opts.model} ({n_params / 1e6:.1f}M trainable parameters), batch {opts.batch}, "
-            f"sequence {opts.seq}, device {'cuda' if torch.cuda.is_available() else 'cpu'}, {opts.repeats} repeats of "
-            f"{opts.warmup}+{opts.window} steps.",
-            "",
-            "| method | s/step (median) | spread | / ERM | floor | / SAM | floor | peak MB | extra buffers vs ERM |",
-            "|---|---|---|---|---|---|---|---|---|",
-        ],
+    """One row per method, and the Markdown table. A ``--memory-only`` run has no timings, so its table has none."""
+    timed = not opts.memory_only
+    erm = statistics.median(blocks["erm"]) if timed and "erm" in blocks else None
+    sam = statistics.median(blocks["sam"]) if timed and "sam" in blocks else None
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    setting = (
+        f"Model {opts.model} ({n_params / 1e6:.1f}M trainable parameters), batch {opts.batch}, "
+        f"sequence {opts.seq}, device {device}, "
     )
-    for method, times in blocks.items():
-        t = statistics.median(times)
-        row = {
-            "method": method,
-            "seconds_per_step": t,
-            "all_blocks": times,
-            **floors(method),
-            "ratio_vs_erm": t / erm if erm else None,
-            "ratio_vs_sam": t / sam if sam else None,
-            "peak_memory_bytes": memory.get(method),
-        }
+    memory_columns = "peak MB | extra buffers vs ERM |"
+    if timed:
+        setting += f"{opts.repeats} repeats of {opts.warmup}+{opts.window} steps."
+        header = f"| method | s/step (median) | spread | / ERM | floor | / SAM | floor | {memory_columns}"
+    else:
+        setting += "peak memory of 2 training steps per method (no timing)."
+        header = f"| method | {memory_columns}"
+    rows, lines = [], [setting, "", header, "|" + "---|" * (header.count("|") - 1)]
+    fmt = lambda v, p=2: "-" if v is None else f"{v:.{p}f}"  # noqa: E731
+    for method in blocks:
+        row = {"method": method, "peak_memory_bytes": memory.get(method)}
         if "erm" in memory and method in memory:
             row["extra_buffers_vs_erm"] = (memory[method] - memory["erm"]) / (4 * n_params)
+        peak = f"{fmt(row['peak_memory_bytes'] and row['peak_memory_bytes'] / 2**20, 0)} | "
+        peak += f"{fmt(row.get('extra_buffers_vs_erm'), 1)} |"
+        if not timed:
+            rows.append(row)
+            lines.append(f"| {method} | {peak}")
+            continue
+        times = blocks[method]
+        t = statistics.median(times)
+        row.update(
+            seconds_per_step=t,
+            all_blocks=times,
+            **floors(method),
+            ratio_vs_erm=t / erm if erm else None,
+            ratio_vs_sam=t / sam if sam else None,
+        )
         rows.append(row)
-        fmt = lambda v, p=2: "-" if v is None else f"{v:.{p}f}"  # noqa: E731
         lines.append(
             f"| {method} | {t:.3f} | {min(times):.3f}-{max(times):.3f} | {fmt(row['ratio_vs_erm'])} | "
-            f"{fmt(row['floor_vs_erm'])} | {fmt(row['ratio_vs_sam'])} | {fmt(row['floor_vs_sam'])} | "
-            f"{fmt(row['peak_memory_bytes'] and row['peak_memory_bytes'] / 2**20, 0)} | "
-            f"{fmt(row.get('extra_buffers_vs_erm'), 1)} |"
+            f"{fmt(row['floor_vs_erm'])} | {fmt(row['ratio_vs_sam'])} | {fmt(row['floor_vs_sam'])} | {peak}"
         )
     return rows, "\n".join(lines)
 
@@ -270,7 +278,7 @@ def main(argv=None) -> list[dict]:
         return []
     methods = ["erm", *[m for m in opts.methods if m != "erm"]]
     n_params = sum(p.numel() for p in build_model(opts.model).parameters() if p.requires_grad)
-    blocks = {m: [float("nan")] for m in methods} if opts.memory_only else measure_times(methods, opts)
+    blocks = {m: [] for m in methods} if opts.memory_only else measure_times(methods, opts)
     memory = {} if opts.no_memory else {m: measure_memory(m, opts) for m in methods}
     rows, table = report(blocks, memory, n_params, opts)
     command = "python -m glue_runs.bench_speed " + " ".join(sys.argv[1:] if argv is None else argv)

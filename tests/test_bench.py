@@ -44,3 +44,15 @@ def test_floors_follow_lets_md():
     assert floors("sam") == {"floor_vs_erm": 2.0, "floor_vs_sam": 1.0}
     assert floors("lets-sam") == {"floor_vs_erm": 2.0 * 1.05, "floor_vs_sam": 1.05}
     assert floors("lets-sam-i1")["floor_vs_sam"] == 1.5
+
+
+def test_memory_only_reports_memory_without_timing_columns(tmp_path):
+    rows = main(
+        ["--model", "tiny", "--batch", "4", "--seq", "8", "--methods", "sam", "--memory-only"]
+        + ["--out", str(tmp_path / "mem"), "--scratch", str(tmp_path / "scratch")]
+    )
+    assert [r["method"] for r in rows] == ["erm", "sam"]
+    assert all("seconds_per_step" not in r and r["peak_memory_bytes"] > 10 * 2**20 for r in rows)
+    assert rows[0]["extra_buffers_vs_erm"] == 0.0
+    table = (tmp_path / "mem.md").read_text()
+    assert "| method | peak MB | extra buffers vs ERM |" in table and "nan" not in table and "s/step" not in table
