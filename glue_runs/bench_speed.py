@@ -131,15 +131,16 @@ def train_block(
     return model
 
 
-def measure_times(methods: list[str], opts: argparse.Namespace) -> dict[str, list[float]]:
-    """Seconds per optimizer step, one window mean per repeat, methods interleaved."""
-    blocks: dict[str, list[float]] = {m: [] for m in methods}
+def measure_times(methods: list[str], opts: argparse.Namespace) -> dict[str, list[list[float]]]:
+    """Seconds of each timed optimizer step, one list per block (repeat), methods interleaved."""
+    blocks: dict[str, list[list[float]]] = {m: [] for m in methods}
     for repeat in range(opts.repeats):
         for method in methods:
             timer = StepTimer()
             train_block(method, opts, opts.warmup + opts.window, timer)
-            blocks[method].append(statistics.fmean(timer.times[opts.warmup :]))
-            print(f"  repeat {repeat + 1}/{opts.repeats} {method:16s} {blocks[method][-1]:.3f} s/step", flush=True)
+            blocks[method].append(timer.times[opts.warmup :])
+            mean = statistics.fmean(blocks[method][-1])
+            print(f"  repeat {repeat + 1}/{opts.repeats} {method:16s} {mean:.3f} s/step", flush=True)
     return blocks
 
 
@@ -188,11 +189,18 @@ def floors(method: str) -> dict[str, float | None]:
     return {"floor_vs_erm": 2.0 * extra, "floor_vs_sam": extra}
 
 
-def report(blocks: dict[str, list[float]], memory: dict[str, float], n_params: int, opts) -> tuple[list[dict], str]:
-    """One row per method, and the Markdown table. A ``--memory-only`` run has no timings, so its table has none."""
+def report(
+    blocks: dict[str, list[list[float]]], memory: dict[str, float], n_params: int, opts
+) -> tuple[list[dict], str]:
+    """One row per method, and the Markdown table. A ``--memory-only`` run has no timings, so its table has none.
+
+    A method's time is the median over blocks of the block's mean step time; every step's time is kept in the row
+    (``step_times``), so a hyper-step's own cost can be read off.
+    """
     timed = not opts.memory_only
-    erm = statistics.median(blocks["erm"]) if timed and "erm" in blocks else None
-    sam = statistics.median(blocks["sam"]) if timed and "sam" in blocks else None
+    means = {m: [statistics.fmean(b) for b in steps] for m, steps in blocks.items()} if timed else {}
+    erm = statistics.median(means["erm"]) if "erm" in means else None
+    sam = statistics.median(means["sam"]) if "sam" in means else None
     device = "cuda" if torch.cuda.is_available() else "cpu"
     setting = (
         f"Model {opts.model} ({n_params / 1e6:.1f}M trainable parameters), batch {opts.batch}, "
@@ -217,11 +225,12 @@ def report(blocks: dict[str, list[float]], memory: dict[str, float], n_params: i
             rows.append(row)
             lines.append(f"| {method} | {peak}")
             continue
-        times = blocks[method]
+        times = means[method]
         t = statistics.median(times)
         row.update(
             seconds_per_step=t,
             all_blocks=times,
+            step_times=blocks[method],
             **floors(method),
             ratio_vs_erm=t / erm if erm else None,
             ratio_vs_sam=t / sam if sam else None,

@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from glue_runs.bench_speed import floors, main
 
 
@@ -33,6 +35,9 @@ def test_bench_speed_runs_and_reports(tmp_path):
     by_name = {r["method"]: r for r in rows}
     assert list(by_name) == ["erm", "sam", "lets-sam-i1"]
     assert all(len(r["all_blocks"]) == 2 and r["seconds_per_step"] > 0 for r in rows)
+    for r in rows:  # every timed step is kept; a block's time is the mean of its window
+        assert [len(block) for block in r["step_times"]] == [2, 2]
+        assert r["all_blocks"] == pytest.approx([sum(block) / 2 for block in r["step_times"]])
     assert by_name["erm"]["ratio_vs_erm"] == 1.0 and by_name["sam"]["ratio_vs_sam"] == 1.0
     assert all(r["peak_memory_bytes"] > 10 * 2**20 for r in rows)  # a real process's RSS
     saved = json.loads((tmp_path / "bench.json").read_text())
