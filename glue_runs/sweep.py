@@ -6,8 +6,8 @@ and is never redone; a run interrupted half-way (a folder without an entry) is d
 Each entry keeps the settings it ran with: a results file whose entries were made with other settings than the
 config now asks for is refused rather than mixed into one table.
 After every run, ``<results>.md`` (mean and std over seeds of each task's main metric, the final rho of the LETS runs)
-and ``<results>.png`` (per task, the methods side by side with their seed spread; rho over training for the LETS
-runs) are rendered again, so a partial table is always on disk.
+and ``<results>.png`` (per task, the methods side by side with their seed spread; rho over training, relative to
+where it started, for the LETS runs) are rendered again, so a partial table is always on disk.
 """
 
 from __future__ import annotations
@@ -175,9 +175,11 @@ def render_plot(config: dict, records: dict, path: str) -> None:
         for (t, m, seed), r in sorted(records.items()):
             if t == task and r.get("rho_trajectory"):
                 steps, rhos = zip(*r["rho_trajectory"])
-                ax_rho.plot(steps, rhos, lw=1, label=f"{m} s{seed}")
+                start = r.get("settings", {}).get("sam_rho", rhos[0])  # relative: SAM's 0.05 and ASAM's 0.5 share it
+                ax_rho.plot(steps, [rho / start for rho in rhos], lw=1, label=f"{m} s{seed}")
+        ax_rho.axhline(1.0, color="gray", lw=0.5)
         ax_rho.set_xlabel("optimizer step")
-        ax_rho.set_ylabel("rho (LETS runs)")
+        ax_rho.set_ylabel("rho / starting rho (LETS runs)")
         if ax_rho.lines:
             ax_rho.legend(fontsize=6)
     fig.tight_layout()
