@@ -177,10 +177,10 @@ def render_plot(config: dict, records: dict, path: str) -> None:
                 steps, rhos = zip(*r["rho_trajectory"])
                 start = r.get("settings", {}).get("sam_rho", rhos[0])  # relative: SAM's 0.05 and ASAM's 0.5 share it
                 ax_rho.plot(steps, [rho / start for rho in rhos], lw=1, label=f"{m} s{seed}")
-        ax_rho.axhline(1.0, color="gray", lw=0.5)
         ax_rho.set_xlabel("optimizer step")
         ax_rho.set_ylabel("rho / starting rho (LETS runs)")
         if ax_rho.lines:
+            ax_rho.axhline(1.0, color="gray", lw=0.5)
             ax_rho.legend(fontsize=6)
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
