@@ -1,11 +1,12 @@
 """The cost of SAM and LETS, side by side: `python -m glue_runs.bench_speed --model minilm`.
 
-Every method trains the same model from the same weights on the same batches, on this machine, in one run. The
-methods are interleaved (A B C ... A B C ...), each block a fresh `train()` of ``warmup + window`` steps; a block's
-time is the mean over its last ``window`` optimizer steps (so a hyper-step every ``lets_interval`` steps is
-amortised, not hidden by a median), and a method's time is the median over ``repeats`` blocks. Peak memory is the
-peak RSS of a separate process per method on CPU, or ``torch.cuda.max_memory_allocated`` on CUDA, also expressed as
-parameter-sized buffers over ERM. Floors: SAM/ERM = 2 (two passes), LETS = SAM x (1 + 1/(2 x lets_interval)).
+Every method trains the same model from the same weights on the same batches, on this machine, in one run. After
+one untimed block that warms the process up, the methods are interleaved (A B C ... A B C ...), each block a fresh
+`train()` of ``warmup + window`` steps; a block's time is the mean over its last ``window`` optimizer steps (so a
+hyper-step every ``lets_interval`` steps is amortised, not hidden by a median), and a method's time is the median
+over ``repeats`` blocks. Peak memory is the peak RSS of a separate process per method on CPU, or
+``torch.cuda.max_memory_allocated`` on CUDA, also expressed as parameter-sized buffers over ERM.
+Floors: SAM/ERM = 2 (two passes), LETS = SAM x (1 + 1/(2 x lets_interval)).
 """
 
 from __future__ import annotations
@@ -132,7 +133,13 @@ def train_block(
 
 
 def measure_times(methods: list[str], opts: argparse.Namespace) -> dict[str, list[list[float]]]:
-    """Seconds of each timed optimizer step, one list per block (repeat), methods interleaved."""
+    """Seconds of each timed optimizer step, one list per block (repeat), methods interleaved.
+
+    One untimed block of the first method runs first: the process's first block is slower than any later one
+    (allocator and thread-pool warm-up; on BERT-base ERM's first block ran 11% slower than its second in two runs),
+    and without it that cost fell on ERM, the denominator of every ratio.
+    """
+    train_block(methods[0], opts, opts.warmup + opts.window)
     blocks: dict[str, list[list[float]]] = {m: [] for m in methods}
     for repeat in range(opts.repeats):
         for method in methods:

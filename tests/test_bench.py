@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from glue_runs.bench_speed import floors, main
+from glue_runs import bench_speed
+from glue_runs.bench_speed import floors, main, measure_times, parse
 
 
 def test_bench_speed_runs_and_reports(tmp_path):
@@ -43,6 +44,22 @@ def test_bench_speed_runs_and_reports(tmp_path):
     saved = json.loads((tmp_path / "bench.json").read_text())
     assert [r["method"] for r in saved["rows"]] == ["erm", "sam", "lets-sam-i1"]
     assert "| lets-sam-i1 |" in (tmp_path / "bench.md").read_text()
+
+
+def test_a_warm_up_block_runs_first_and_is_not_timed(monkeypatch):
+    """The process's first block is slow (allocator, thread pools): it must not be one of ERM's timed blocks."""
+    calls = []
+
+    def fake_train_block(method, opts, steps, timer=None):
+        calls.append((method, steps, timer is not None))
+        if timer is not None:
+            timer.times = [float(len(calls))] * steps  # distinct per block, so a stray block would show
+
+    monkeypatch.setattr(bench_speed, "train_block", fake_train_block)
+    opts = parse(["--warmup", "1", "--window", "2", "--repeats", "2"])
+    blocks = measure_times(["erm", "sam"], opts)
+    assert calls == [("erm", 3, False), ("erm", 3, True), ("sam", 3, True), ("erm", 3, True), ("sam", 3, True)]
+    assert blocks == {"erm": [[2.0, 2.0], [4.0, 4.0]], "sam": [[3.0, 3.0], [5.0, 5.0]]}
 
 
 def test_floors_follow_lets_md():
