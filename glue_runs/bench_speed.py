@@ -77,19 +77,23 @@ def make_data(n: int, seq: int, vocab: int, seed: int) -> list[dict]:
 
 
 class StepTimer(TrainerCallback):
-    """Wall time of each optimizer step: from its first micro-batch to after the optimizer and scheduler."""
+    """Wall time of each optimizer step, from its first micro-batch to after the optimizer and scheduler, and the
+    process's minor page faults in it (on CPU the cost of fresh memory shows there, not in any one kernel)."""
 
     def __init__(self):
         self.times: list[float] = []
-        self._start = 0.0
+        self.faults: list[int] = []
+        self._start, self._faults = 0.0, 0
 
     def on_step_begin(self, args, state, control, **kwargs):
         self._sync(args)
+        self._faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         self._start = time.perf_counter()
 
     def on_step_end(self, args, state, control, **kwargs):
         self._sync(args)
         self.times.append(time.perf_counter() - self._start)
+        self.faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - self._faults)
 
     @staticmethod
     def _sync(args):
@@ -132,8 +136,10 @@ def train_block(
     return model
 
 
-def measure_times(methods: list[str], opts: argparse.Namespace) -> dict[str, list[list[float]]]:
-    """Seconds of each timed optimizer step, one list per block (repeat), methods interleaved.
+def measure_times(
+    methods: list[str], opts: argparse.Namespace
+) -> tuple[dict[str, list[list[float]]], dict[str, list[list[int]]]]:
+    """Seconds and minor page faults of each timed optimizer step, one list per block (repeat), methods interleaved.
 
     One untimed block of the first method runs first: the process's first block is slower than any later one
     (allocator and thread-pool warm-up; on BERT-base ERM's first block ran 11% slower than its second in two runs),
@@ -141,14 +147,16 @@ def measure_times(methods: list[str], opts: argparse.Namespace) -> dict[str, lis
     """
     train_block(methods[0], opts, opts.warmup + opts.window)
     blocks: dict[str, list[list[float]]] = {m: [] for m in methods}
+    faults: dict[str, list[list[int]]] = {m: [] for m in methods}
     for repeat in range(opts.repeats):
         for method in methods:
             timer = StepTimer()
             train_block(method, opts, opts.warmup + opts.window, timer)
             blocks[method].append(timer.times[opts.warmup :])
+            faults[method].append(timer.faults[opts.warmup :])
             mean = statistics.fmean(blocks[method][-1])
             print(f"  repeat {repeat + 1}/{opts.repeats} {method:16s} {mean:.3f} s/step", flush=True)
-    return blocks
+    return blocks, faults
 
 
 def measure_memory(method: str, opts: argparse.Namespace) -> float:
@@ -197,12 +205,16 @@ def floors(method: str) -> dict[str, float | None]:
 
 
 def report(
-    blocks: dict[str, list[list[float]]], memory: dict[str, float], n_params: int, opts
+    blocks: dict[str, list[list[float]]],
+    memory: dict[str, float],
+    n_params: int,
+    opts,
+    faults: dict[str, list[list[int]]] | None = None,
 ) -> tuple[list[dict], str]:
     """One row per method, and the Markdown table. A ``--memory-only`` run has no timings, so its table has none.
 
-    A method's time is the median over blocks of the block's mean step time; every step's time is kept in the row
-    (``step_times``), so a hyper-step's own cost can be read off.
+    A method's time is the median over blocks of the block's mean step time; every step's time and page-fault count
+    is kept in the row (``step_times``, ``step_faults``), so a hyper-step's own cost can be read off.
     """
     timed = not opts.memory_only
     means = {m: [statistics.fmean(b) for b in steps] for m, steps in blocks.items()} if timed else {}
@@ -238,6 +250,7 @@ def report(
             seconds_per_step=t,
             all_blocks=times,
             step_times=blocks[method],
+            step_faults=(faults or {}).get(method),
             **floors(method),
             ratio_vs_erm=t / erm if erm else None,
             ratio_vs_sam=t / sam if sam else None,
@@ -294,9 +307,9 @@ def main(argv=None) -> list[dict]:
         return []
     methods = ["erm", *[m for m in opts.methods if m != "erm"]]
     n_params = sum(p.numel() for p in build_model(opts.model).parameters() if p.requires_grad)
-    blocks = {m: [] for m in methods} if opts.memory_only else measure_times(methods, opts)
+    blocks, faults = ({m: [] for m in methods}, None) if opts.memory_only else measure_times(methods, opts)
     memory = {} if opts.no_memory else {m: measure_memory(m, opts) for m in methods}
-    rows, table = report(blocks, memory, n_params, opts)
+    rows, table = report(blocks, memory, n_params, opts, faults)
     command = "python -m glue_runs.bench_speed " + " ".join(sys.argv[1:] if argv is None else argv)
     print(f"\n{table}\n\nCommand: `{command}`")
     if opts.out:

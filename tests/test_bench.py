@@ -39,6 +39,8 @@ def test_bench_speed_runs_and_reports(tmp_path):
     for r in rows:  # every timed step is kept; a block's time is the mean of its window
         assert [len(block) for block in r["step_times"]] == [2, 2]
         assert r["all_blocks"] == pytest.approx([sum(block) / 2 for block in r["step_times"]])
+        assert [len(block) for block in r["step_faults"]] == [2, 2]
+        assert all(isinstance(n, int) and n >= 0 for block in r["step_faults"] for n in block)
     assert by_name["erm"]["ratio_vs_erm"] == 1.0 and by_name["sam"]["ratio_vs_sam"] == 1.0
     assert all(r["peak_memory_bytes"] > 10 * 2**20 for r in rows)  # a real process's RSS
     saved = json.loads((tmp_path / "bench.json").read_text())
@@ -54,12 +56,14 @@ def test_a_warm_up_block_runs_first_and_is_not_timed(monkeypatch):
         calls.append((method, steps, timer is not None))
         if timer is not None:
             timer.times = [float(len(calls))] * steps  # distinct per block, so a stray block would show
+            timer.faults = [len(calls)] * steps
 
     monkeypatch.setattr(bench_speed, "train_block", fake_train_block)
     opts = parse(["--warmup", "1", "--window", "2", "--repeats", "2"])
-    blocks = measure_times(["erm", "sam"], opts)
+    blocks, faults = measure_times(["erm", "sam"], opts)
     assert calls == [("erm", 3, False), ("erm", 3, True), ("sam", 3, True), ("erm", 3, True), ("sam", 3, True)]
     assert blocks == {"erm": [[2.0, 2.0], [4.0, 4.0]], "sam": [[3.0, 3.0], [5.0, 5.0]]}
+    assert faults == {"erm": [[2, 2], [4, 4]], "sam": [[3, 3], [5, 5]]}
 
 
 def test_floors_follow_lets_md():
