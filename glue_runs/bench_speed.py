@@ -142,8 +142,8 @@ def measure_times(
     """Seconds and minor page faults of each timed optimizer step, one list per block (repeat), methods interleaved.
 
     One untimed block of the first method runs first: the process's first block is slower than any later one
-    (allocator and thread-pool warm-up; on BERT-base ERM's first block ran 11% slower than its second in two runs),
-    and without it that cost fell on ERM, the denominator of every ratio.
+    (likely allocator and thread-pool warm-up; on BERT-base ERM's first block ran 11% slower than its second in two
+    runs), and without it that cost fell on ERM, the denominator of every ratio.
     """
     train_block(methods[0], opts, opts.warmup + opts.window)
     blocks: dict[str, list[list[float]]] = {m: [] for m in methods}
