@@ -209,7 +209,7 @@ def report(
     memory: dict[str, float],
     n_params: int,
     opts,
-    faults: dict[str, list[list[int]]] | None = None,
+    faults: dict[str, list[list[int]]],
 ) -> tuple[list[dict], str]:
     """One row per method, and the Markdown table. A ``--memory-only`` run has no timings, so its table has none.
 
@@ -250,7 +250,7 @@ def report(
             seconds_per_step=t,
             all_blocks=times,
             step_times=blocks[method],
-            step_faults=(faults or {}).get(method),
+            step_faults=faults[method],
             **floors(method),
             ratio_vs_erm=t / erm if erm else None,
             ratio_vs_sam=t / sam if sam else None,
@@ -307,7 +307,7 @@ def main(argv=None) -> list[dict]:
         return []
     methods = ["erm", *[m for m in opts.methods if m != "erm"]]
     n_params = sum(p.numel() for p in build_model(opts.model).parameters() if p.requires_grad)
-    blocks, faults = ({m: [] for m in methods}, None) if opts.memory_only else measure_times(methods, opts)
+    blocks, faults = ({m: [] for m in methods}, {}) if opts.memory_only else measure_times(methods, opts)
     memory = {} if opts.no_memory else {m: measure_memory(m, opts) for m in methods}
     rows, table = report(blocks, memory, n_params, opts, faults)
     command = "python -m glue_runs.bench_speed " + " ".join(sys.argv[1:] if argv is None else argv)
