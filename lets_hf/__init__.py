@@ -1,7 +1,7 @@
 """lets_hf: sharpness-aware minimisation for the HF Trainer, with the radius learned by LETS."""
 
 from .heldout import split_heldout
-from .hypergradient import LossGuard, RadiusState, hypergradient, radius_step
+from .hypergradient import LossGuard, RadiusState, hypergradient, radius_lr, radius_step
 from .perturbation import (
     asam_direction,
     available_perturbations,
@@ -23,6 +23,7 @@ __all__ = [
     "available_perturbations",
     "get_perturbation",
     "hypergradient",
+    "radius_lr",
     "radius_step",
     "register_perturbation",
     "sam_direction",

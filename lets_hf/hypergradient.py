@@ -1,13 +1,13 @@
 """The LETS radius hypergradient and the radius optimizer, as pure functions (shared LETS.md).
 
 One optimizer step ``t`` with radius ``rho``: ascent gradient ``g``, direction ``d``, descent gradient
-``gt = grad l(theta + rho d)``, update ``theta' = Opt(theta, gt)``. The upper level is the one-step look-ahead
+``gt = grad l(theta + rho d)``, update ``theta' = Opt(theta, gt)``. The upper level is a one-step look-ahead
+objective ``F(rho)`` (``lets_objective``), with ``V`` a held-out batch and ``B'`` the next training batch:
 
-    F(rho) = 1/2 * delta^2,   delta = l(theta'; V) - l(theta'; B')
+    gap      (the paper):  F = 1/2 delta^2,  delta = l(theta'; V) - l(theta'; B'),  dF/drho = delta (h_V - g')^T w
+    heldout  (Luketina et al. 2016):  F = l(theta'; V),                            dF/drho = h_V^T w
 
-with ``V`` a held-out batch and ``B'`` the next training batch. Its derivative is
-
-    dF/drho = delta * (h_V - g')^T w,   w = d theta'/d rho = -lr * c * P * u,   u = d gt / d rho
+    w = d theta'/d rho = -lr * c * P * u,   u = d gt / d rho
 
 where ``h_V``/``g'`` are the held-out/training gradients at ``theta'``, ``c`` the gradient-clip coefficient,
 ``P`` the optimizer's diagonal preconditioner and ``u`` the curvature along ``d``, estimated by one of:
@@ -29,12 +29,14 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "OBJECTIVES",
     "LossGuard",
     "RadiusState",
     "fisher_curvature",
     "hessian_vector_product",
     "hypergradient",
     "optimizer_derivative_",
+    "radius_lr",
     "radius_step",
     "secant_curvature_",
 ]
@@ -142,15 +144,36 @@ def optimizer_kind(optimizer: torch.optim.Optimizer) -> str:
 # --------------------------------------------------------------------------------------------------------------
 # The hypergradient and the radius update
 # --------------------------------------------------------------------------------------------------------------
-def hypergradient(gap: float, heldout_dot: float, train_dot: float) -> float:
-    """``dF/drho = delta * (h_V^T w - g'^T w)``.
+OBJECTIVES = ("gap", "heldout")
+
+
+def hypergradient(gap: float, heldout_dot: float, train_dot: float, objective: str = "gap") -> float:
+    """``dF/drho`` of the upper-level objective, from the four numbers every hyper-step has.
+
+    - ``gap`` (the paper's squared generalisation gap): ``F = 1/2 delta^2``, ``dF/drho = delta (h_V^T w - g'^T w)``.
+    - ``heldout`` (the look-ahead held-out loss): ``F = l(theta'; V)``, ``dF/drho = h_V^T w``.
 
     Args:
         gap: ``delta = l(theta'; V) - l(theta'; B')``.
         heldout_dot: ``h_V^T w``, the held-out gradient at ``theta'`` dotted with ``w = d theta'/d rho``.
         train_dot: ``g'^T w``, the next training batch's gradient at ``theta'`` dotted with ``w``.
+        objective: ``gap`` or ``heldout`` (``lets_objective``).
     """
-    return gap * (heldout_dot - train_dot)
+    if objective == "gap":
+        return gap * (heldout_dot - train_dot)
+    if objective == "heldout":
+        return heldout_dot
+    raise ValueError(f"Unknown lets_objective {objective!r}: use one of {OBJECTIVES}.")
+
+
+def radius_lr(travel: float, max_steps: int, interval: int) -> float:
+    """The default ``lets_lr``: ``ln(travel) / H`` with ``H = max(1, max_steps // interval)`` hyper-steps.
+
+    Adam moves ``log rho`` by about ``lets_lr`` per hyper-step while the hypergradient keeps its sign (and by far
+    less on noise, which its moments average out), so this lets a consistent signal change rho ``travel``-fold
+    over the run, however long the run is: a short fine-tune and a long one get the same reach.
+    """
+    return math.log(travel) / max(1, max_steps // interval)
 
 
 @dataclass
@@ -222,36 +245,59 @@ def radius_step(
 
 @dataclass
 class LossGuard:
-    """Watches the training loss seen at hyper-steps; trips when its EMA rises ``tolerance`` above its best.
+    """Watches the training loss seen at hyper-steps; trips when the model gets worse *or stops learning*.
 
-    LETS.md measured a collapse (STS-B: rho 0.05 -> 0.5, Pearson 0.84 -> 0.14): the squared gap also closes when
-    the model stops fitting the training set. A rising training loss is the symptom; while tripped the radius
-    is sent back to at most its initial value and may not grow.
+    Two failure modes of a mobile radius (LETS.md): a radius so large that the training loss rises (the collapse
+    measured on STS-B), and one that keeps the model from learning at all while the loss sits still (CoLA with the
+    squared gap: rho 0.05 -> 0.28, loss at the class prior's entropy all run, MCC 0). The guard keeps an EMA of the
+    training loss and trips when
+
+    - *risen*: the EMA is more than ``tolerance`` (relative) above its best, or
+    - *stalled*: the EMA has not reached a new best for ``patience`` hyper-steps.
+
+    While tripped the radius is sent back to at most its initial value and may not grow; a new best (or, for a
+    rise, a return within the tolerance) releases it.
 
     Attributes:
         tolerance: the relative rise of the EMA over its best that trips the guard (``lets_guard_tolerance``).
+        patience: hyper-steps without a new best that count as a stall (``lets_guard_patience``; None: never).
         beta: the EMA's decay per hyper-step.
         ema, best: the current EMA of the training loss and its lowest value so far.
+        since_best: hyper-steps since the EMA last set a new best.
         tripped: whether the guard is tripped now; trips: how often it tripped.
     """
 
     tolerance: float
+    patience: int | None = None
     beta: float = 0.9
     ema: float | None = None
     best: float = math.inf
+    since_best: int = 0
     tripped: bool = False
     trips: int = 0
 
     def update(self, train_loss: float) -> bool:
         """Feed one training loss; return True when the guard trips *now* (it was not tripped before)."""
         self.ema = train_loss if self.ema is None else self.beta * self.ema + (1 - self.beta) * train_loss
-        self.best = min(self.best, self.ema)
-        was = self.tripped
-        self.tripped = self.ema > self.best * (1 + self.tolerance)
+        if self.ema < self.best:
+            self.best, self.since_best = self.ema, 0
+        else:
+            self.since_best += 1
+        was, self.tripped = self.tripped, self.risen or self.stalled
         if self.tripped and not was:
             self.trips += 1
             return True
         return False
+
+    @property
+    def risen(self) -> bool:
+        """The EMA lies more than ``tolerance`` above its best."""
+        return self.ema is not None and self.ema > self.best * (1 + self.tolerance)
+
+    @property
+    def stalled(self) -> bool:
+        """No new best for ``patience`` hyper-steps."""
+        return self.patience is not None and self.since_best >= self.patience
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -34,6 +34,7 @@ from .hypergradient import (
     hypergradient,
     optimizer_derivative_,
     optimizer_kind,
+    radius_lr,
     radius_step,
     secant_curvature_,
 )
@@ -120,7 +121,11 @@ class LETSTrainer(Trainer):
         self._params: list[torch.Tensor] | None = None  # model_init may bring a new model to each train()
         self._theta: list[torch.Tensor] | None = None  # the saved copy the weights are restored from
         self.radius = RadiusState(log_rho=math.log(args.sam_rho) if args.sam_rho > 0 else -math.inf)
-        self.guard = LossGuard(args.lets_guard_tolerance) if args.lets_guard_tolerance else None
+        self.guard = (
+            LossGuard(args.lets_guard_tolerance, patience=args.lets_guard_patience)
+            if args.lets_guard_tolerance
+            else None
+        )
         self.lets_history: list[dict[str, float]] = []
         self._last_hyper: dict[str, float] = {}
         self._micro_step = 0
@@ -140,6 +145,13 @@ class LETSTrainer(Trainer):
     def rho(self) -> float:
         """The current perturbation radius."""
         return self.radius.rho
+
+    @property
+    def radius_lr(self) -> float:
+        """``lets_lr``, or by default ``ln(lets_travel) / hyper-steps`` of this run (`radius_lr`)."""
+        if self.args.lets_lr is not None:
+            return self.args.lets_lr
+        return radius_lr(self.args.lets_travel, self.state.max_steps, self.args.lets_interval)
 
     # ------------------------------------------------------------------------------------------------------------
     # The step
@@ -285,17 +297,20 @@ class LETSTrainer(Trainer):
             logger.warning("LETS: non-finite hyper-step at step %d skipped.", self.state.global_step)
             return
         gap = loss_v - loss_b
-        dF_drho = hypergradient(gap, s_v, s_b)
+        dF_drho = hypergradient(gap, s_v, s_b, self.args.lets_objective)
         allow_increase = True
         if self.guard is not None:
             if self.guard.update(loss_b):
                 logger.warning(
-                    "LETS loss guard: the training loss (EMA %.4f) rose %.0f%% above its best (%.4f) at step %d; rho "
-                    "goes back to at most sam_rho=%.4g and may not grow until it recovers.",
-                    self.guard.ema,
-                    100 * self.guard.tolerance,
-                    self.guard.best,
+                    "LETS loss guard at step %d: the training loss (EMA %.4f, best %.4f) %s; rho %.4g goes back to "
+                    "at most sam_rho=%.4g and may not grow until the loss improves.",
                     self.state.global_step,
+                    self.guard.ema,
+                    self.guard.best,
+                    f"rose more than {100 * self.guard.tolerance:.0f}% above its best"
+                    if self.guard.risen
+                    else f"has not improved for {self.guard.since_best} hyper-steps",
+                    self.rho,
                     self.args.sam_rho,
                 )
                 self.radius = RadiusState(log_rho=min(self.radius.log_rho, math.log(self.args.sam_rho)))
@@ -303,7 +318,7 @@ class LETSTrainer(Trainer):
         self.radius = radius_step(
             self.radius,
             dF_drho,
-            lr=self.args.lets_lr,
+            lr=self.radius_lr,
             optimizer=self.args.lets_optimizer,
             rho_min=self.args.lets_rho_min,
             rho_max=self.args.lets_rho_max,

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
+from .hypergradient import OBJECTIVES
 from .perturbation import available_perturbations
 
 logger = logging.getLogger(__name__)
@@ -22,10 +23,10 @@ RADIUS_OPTIMIZERS = ("adam", "sgd")
 class LETSTrainingArguments(TrainingArguments):
     """`TrainingArguments` plus sharpness-aware minimisation and the LETS learned radius.
 
-    Every field below carries its help text, so `HfArgumentParser` exposes it as ``--<field>``. The defaults are
-    chosen so that LETS cannot silently wreck a fine-tune (see docs/algorithm.md, "Safe defaults"): the radius
-    lives in ``[sam_rho / 4, 4 * sam_rho]``, moves by at most about ``lets_lr`` in log space per hyper-step, and
-    is sent back to ``sam_rho`` when the training loss starts rising.
+    Every field below carries its help text, so `HfArgumentParser` exposes it as ``--<field>``. The defaults let
+    the radius travel and keep it from running away (docs/algorithm.md, "Defaults"): rho lives in
+    ``[sam_rho / 100, 10 * sam_rho]``, can change ``lets_travel``-fold over a run whatever its length, follows the
+    held-out loss, and is sent back to ``sam_rho`` when the training loss rises or stops improving.
     """
 
     # ---- sharpness-aware minimisation --------------------------------------------------------------------------
@@ -57,11 +58,27 @@ class LETSTrainingArguments(TrainingArguments):
         default=True,
         metadata={"help": "Learn rho by the LETS hypergradient on held-out batches (False: keep sam_rho fixed)."},
     )
-    lets_lr: float = field(
-        default=0.01,
+    lets_objective: str = field(
+        default="heldout",
+        metadata={
+            "help": "Upper-level objective of the radius: 'heldout', the held-out loss after the step "
+            "(Luketina et al. 2016), or 'gap', the paper's squared gap 1/2 (L_V - L_train)^2, which can also be "
+            "closed by a model that stops learning (docs/algorithm.md).",
+            "choices": list(OBJECTIVES),
+        },
+    )
+    lets_lr: float | None = field(
+        default=None,
         metadata={
             "help": "Learning rate of the radius optimizer on log rho. With Adam, log rho moves by at most "
-            "about lets_lr per hyper-step."
+            "about lets_lr per hyper-step. Default: ln(lets_travel) / (the run's hyper-steps)."
+        },
+    )
+    lets_travel: float = field(
+        default=100.0,
+        metadata={
+            "help": "When lets_lr is None: the factor by which rho can change over the whole run if every "
+            "hyper-step agrees (100: two decades, whatever the run's length). Must be > 1."
         },
     )
     lets_optimizer: str = field(
@@ -77,11 +94,11 @@ class LETSTrainingArguments(TrainingArguments):
     )
     lets_rho_min: float | None = field(
         default=None,
-        metadata={"help": "Lower bound on rho (default sam_rho / 4)."},
+        metadata={"help": "Lower bound on rho (default sam_rho / 100)."},
     )
     lets_rho_max: float | None = field(
         default=None,
-        metadata={"help": "Upper bound on rho (default 4 * sam_rho)."},
+        metadata={"help": "Upper bound on rho (default 10 * sam_rho)."},
     )
     lets_hvp: str = field(
         default="secant",
@@ -106,7 +123,15 @@ class LETSTrainingArguments(TrainingArguments):
         default=0.2,
         metadata={
             "help": "Loss guard: when the EMA of the training loss rises this fraction above its best, rho is "
-            "sent back to at most sam_rho and may not grow until the loss recovers. None disables it."
+            "sent back to at most sam_rho and may not grow until the loss recovers. None disables the guard."
+        },
+    )
+    lets_guard_patience: int | None = field(
+        default=10,
+        metadata={
+            "help": "Loss guard: hyper-steps without a new best of the training-loss EMA that count as a "
+            "stalled model; rho is then sent back to at most sam_rho and may not grow until the loss improves. "
+            "None: only a rising loss trips the guard."
         },
     )
 
@@ -138,7 +163,15 @@ class LETSTrainingArguments(TrainingArguments):
             f"lets_optimizer={self.lets_optimizer!r} must be one of {RADIUS_OPTIMIZERS}.",
         )
         _require(self.lets_hvp in HVP_ESTIMATORS, f"lets_hvp={self.lets_hvp!r} must be one of {HVP_ESTIMATORS}.")
-        _require(self.lets_lr > 0, f"lets_lr={self.lets_lr} must be > 0.")
+        _require(
+            self.lets_objective in OBJECTIVES, f"lets_objective={self.lets_objective!r} must be one of {OBJECTIVES}."
+        )
+        _require(self.lets_lr is None or self.lets_lr > 0, f"lets_lr={self.lets_lr} must be > 0 (or None: automatic).")
+        _require(self.lets_travel > 1, f"lets_travel={self.lets_travel} must be > 1, e.g. 100 (two decades).")
+        _require(
+            self.lets_guard_patience is None or self.lets_guard_patience >= 1,
+            f"lets_guard_patience={self.lets_guard_patience} must be >= 1, or None to watch only for a rising loss.",
+        )
         _require(self.lets_interval >= 1, f"lets_interval={self.lets_interval} must be >= 1.")
         _require(
             0 < self.lets_heldout_fraction < 1,
@@ -159,9 +192,9 @@ class LETSTrainingArguments(TrainingArguments):
             "lets=True learns log(rho), so it needs sam_rho > 0 (e.g. 0.05); use lets=False for a fixed radius of 0.",
         )
         if self.lets_rho_min is None:
-            self.lets_rho_min = self.sam_rho / 4
+            self.lets_rho_min = self.sam_rho / 100
         if self.lets_rho_max is None:
-            self.lets_rho_max = self.sam_rho * 4
+            self.lets_rho_max = self.sam_rho * 10
         _require(self.lets_rho_min > 0, f"lets_rho_min={self.lets_rho_min} must be > 0 (rho is learned in log space).")
         _require(
             self.lets_rho_min <= self.lets_rho_max,

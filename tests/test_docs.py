@@ -32,6 +32,17 @@ def test_every_cli_option_is_documented():
     assert not missing, f"document these in docs/cli.md: {missing}"
 
 
+def test_cli_page_states_the_sam_and_lets_defaults():
+    rows = dict(re.findall(r"^\| `--(\w+)` \| `([^`]*)` \|", read("docs/cli.md"), re.M))
+    base = {f.name for f in dataclasses.fields(TrainingArguments)}
+    stale = {
+        f.name: (rows.get(f.name), str(f.default))
+        for f in dataclasses.fields(LETSTrainingArguments)
+        if f.name not in base and rows.get(f.name) != str(f.default)
+    }
+    assert not stale, f"docs/cli.md states other defaults than LETSTrainingArguments (page, code): {stale}"
+
+
 @pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(ROOT, "glue_runs", "configs", "*.json"))))
 def test_shipped_configs_parse(tmp_path, path):
     model_args, data_args, args = parse([path, "--output_dir", str(tmp_path)])

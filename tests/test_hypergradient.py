@@ -13,13 +13,14 @@ from lets_hf.hypergradient import (
     fisher_curvature,
     hessian_vector_product,
     optimizer_derivative_,
+    radius_lr,
     secant_curvature_,
 )
 
 RHO = 0.05
 
 
-def run_lets(args_kw, n_accum, hvp, variant="sam", seed=0):
+def run_lets(args_kw, n_accum, hvp, variant="sam", seed=0, objective="gap"):
     data = regression_data(24, seed=seed)
     model = LinearRegressor(seed=seed)
     w0, b0 = model.linear.weight.detach().clone(), model.linear.bias.detach().clone()
@@ -33,7 +34,9 @@ def run_lets(args_kw, n_accum, hvp, variant="sam", seed=0):
         sam_variant=variant,
         sam_rho=RHO,
         lets_interval=1,
+        lets_lr=0.01,
         lets_hvp=hvp,
+        lets_objective=objective,
         max_steps=2,
         per_device_train_batch_size=16 // n_accum,
         gradient_accumulation_steps=n_accum,
@@ -45,8 +48,9 @@ def run_lets(args_kw, n_accum, hvp, variant="sam", seed=0):
     return trainer, model, data, (w0, b0), logged["lets_hypergrad"]
 
 
-def finite_difference(model, data, theta0, n_accum, variant, h=1e-4):
-    """Central difference of F(rho) = 1/2 (l(theta'(rho); V) - l(theta'(rho); B'))^2 on the batches the run used."""
+def finite_difference(model, data, theta0, n_accum, variant, objective="gap", h=1e-4):
+    """Central difference of F(rho) on the batches the run used: ``gap`` 1/2 (l(theta'; V) - l(theta'; B'))^2,
+    ``heldout`` l(theta'; V)."""
     label = {tuple(d["x"].tolist()): d["labels"] for d in data}
     stack = lambda xs: (xs, torch.stack([label[tuple(r.tolist())] for r in xs]))  # noqa: E731
     seen = model.seen  # step 1: (ascent, descent) per micro-batch; step 2: held-out, then (ascent, descent)s
@@ -57,18 +61,26 @@ def finite_difference(model, data, theta0, n_accum, variant, h=1e-4):
     def F(rho):
         w1, b1 = sam_sgd_step(*theta0, step1, rho, variant)
         train = sum(loss_fn(w1, b1, x, y) for x, y in step2) / n_accum
-        return 0.5 * (loss_fn(w1, b1, xv, yv) - train) ** 2
+        heldout = loss_fn(w1, b1, xv, yv)
+        return 0.5 * (heldout - train) ** 2 if objective == "gap" else heldout
 
     return ((F(RHO + h) - F(RHO - h)) / (2 * h)).item()
 
 
+@pytest.mark.parametrize("objective", ["gap", "heldout"])
 @pytest.mark.parametrize("n_accum", [1, 2])
 @pytest.mark.parametrize("variant", ["sam", "asam"])
-def test_logged_hypergradient_equals_finite_difference(base_args, n_accum, variant):
-    _, model, data, theta0, logged = run_lets(base_args, n_accum, "secant", variant)
-    reference = finite_difference(model, data, theta0, n_accum, variant)
+def test_logged_hypergradient_equals_finite_difference(base_args, n_accum, variant, objective):
+    _, model, data, theta0, logged = run_lets(base_args, n_accum, "secant", variant, objective=objective)
+    reference = finite_difference(model, data, theta0, n_accum, variant, objective)
     assert abs(reference) > 1e-6  # a real signal, not two zeros
     assert logged == pytest.approx(reference, rel=1e-6)
+
+
+def test_the_objectives_differ_on_the_same_step(base_args):
+    *_, gap = run_lets(base_args, 1, "secant", objective="gap")
+    *_, heldout = run_lets(base_args, 1, "secant", objective="heldout")
+    assert gap != pytest.approx(heldout, rel=1e-3)
 
 
 def test_secant_equals_exact_on_a_quadratic(base_args):
@@ -86,7 +98,7 @@ def test_fisher_runs_and_differs_from_exact(base_args):
 def test_radius_moves_against_the_hypergradient(base_args):
     trainer, *_, logged = run_lets(base_args, 1, "secant")
     expected = radius_step(
-        RadiusState(math.log(RHO)), logged, lr=0.01, optimizer="adam", rho_min=RHO / 4, rho_max=4 * RHO
+        RadiusState(math.log(RHO)), logged, lr=0.01, optimizer="adam", rho_min=RHO / 100, rho_max=10 * RHO
     )
     assert trainer.rho == pytest.approx(expected.rho, rel=1e-12)
     assert (trainer.rho - RHO) * logged < 0
@@ -136,3 +148,35 @@ def test_loss_guard_trips_on_a_rising_loss():
     assert not any(guard.update(x) for x in [1.0, 0.8, 0.7, 0.75])
     assert guard.update(0.9) and guard.tripped and guard.trips == 1
     assert not guard.update(0.72) and not guard.tripped
+
+
+def test_loss_guard_trips_on_a_model_that_stops_learning():
+    """CoLA with the squared gap: the loss sat at the class prior's entropy while rho climbed. No rise, a stall."""
+    guard = LossGuard(tolerance=0.2, patience=3, beta=0.0)
+    assert not any(guard.update(x) for x in [0.69, 0.61, 0.62, 0.615])  # 2 hyper-steps without a new best
+    assert guard.update(0.612) and guard.tripped and guard.since_best == 3 and guard.trips == 1
+    assert not guard.update(0.613) and guard.tripped  # still stalled: no second trip is counted
+    assert not guard.update(0.55) and not guard.tripped  # a new best releases it
+    assert LossGuard(tolerance=0.2, beta=0.0).update(0.6) is False  # without patience a flat loss never trips
+    flat = LossGuard(tolerance=0.2, beta=0.0)
+    assert not any(flat.update(0.6) for _ in range(50))
+
+
+def test_radius_lr_gives_every_run_the_same_reach():
+    for max_steps, interval in [(113, 5), (485, 5), (36000, 10)]:
+        hyper_steps = max_steps // interval
+        assert radius_lr(100.0, max_steps, interval) * hyper_steps == pytest.approx(math.log(100.0))
+    assert radius_lr(100.0, 3, 5) == pytest.approx(math.log(100.0))  # fewer steps than the interval: one step
+
+
+def test_default_radius_lr_is_tied_to_the_run(base_args):
+    """lets_lr=None: the first Adam step moves log rho by exactly ln(travel) / hyper-steps (here 2 steps, 2)."""
+    data = regression_data(24)
+    args = LETSTrainingArguments(
+        **base_args, optim="sgd", learning_rate=LR, max_steps=2, per_device_train_batch_size=16, lets_batch_size=8,
+        sam_rho=RHO, lets_interval=1, lets_travel=10.0,
+    )  # fmt: skip
+    trainer = LETSTrainer(model=LinearRegressor(), args=args, train_dataset=data[:16], lets_dataset=data[16:])
+    trainer.train()
+    assert trainer.radius_lr == pytest.approx(math.log(10.0) / 2)
+    assert abs(math.log(trainer.rho / RHO)) == pytest.approx(math.log(10.0) / 2, rel=1e-4)  # Adam eps aside

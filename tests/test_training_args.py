@@ -24,6 +24,9 @@ from lets_hf import LETSTrainingArguments
         (dict(lets_optimizer="lion"), r"lets_optimizer='lion' must be one of"),
         (dict(sam_rho=0.0), r"lets=True learns log\(rho\), so it needs sam_rho > 0"),
         (dict(lets_guard_tolerance=-1.0), r"lets_guard_tolerance=-1.0 must be > 0"),
+        (dict(lets_guard_patience=0), r"lets_guard_patience=0 must be >= 1"),
+        (dict(lets_objective="metric"), r"lets_objective='metric' must be one of \('gap', 'heldout'\)"),
+        (dict(lets_travel=1.0), r"lets_travel=1.0 must be > 1"),
     ],
 )
 def test_invalid_settings_are_refused_with_the_fix(tmp_path, kw, match):
@@ -32,10 +35,12 @@ def test_invalid_settings_are_refused_with_the_fix(tmp_path, kw, match):
         LETSTrainingArguments(output_dir=str(tmp_path), **kw)
 
 
-def test_defaults_tie_the_bounds_to_the_initial_radius(tmp_path):
+def test_defaults_let_the_radius_travel(tmp_path):
     args = LETSTrainingArguments(output_dir=str(tmp_path), sam_rho=0.1, per_device_train_batch_size=16)
-    assert (args.lets_rho_min, args.lets_rho_max) == pytest.approx((0.025, 0.4))
-    assert args.lets_batch_size == 16 and args.lets and args.lets_interval == 10 and args.lets_lr == 0.01
+    assert (args.lets_rho_min, args.lets_rho_max) == pytest.approx((0.001, 1.0))  # two decades down, one up
+    assert args.lets_batch_size == 16 and args.lets and args.lets_interval == 10
+    assert args.lets_lr is None and args.lets_travel == 100.0  # lets_lr follows the run's length (radius_lr)
+    assert args.lets_objective == "heldout" and args.lets_guard_patience == 10
     assert not LETSTrainingArguments(output_dir=str(tmp_path), sam_variant="none").lets
     assert LETSTrainingArguments(output_dir=str(tmp_path), sam_rho=0.0, lets=False).sam_rho == 0.0
 
@@ -46,7 +51,7 @@ def test_every_field_is_a_cli_flag_with_help(tmp_path):
         for f in dataclasses.fields(LETSTrainingArguments)
         if f.name not in {g.name for g in dataclasses.fields(TrainingArguments)}
     ]
-    assert len(ours) == 14
+    assert len(ours) == 17
     assert all(len(f.metadata.get("help", "")) > 20 for f in ours), [
         f.name for f in ours if not f.metadata.get("help")
     ]
@@ -66,8 +71,13 @@ def test_every_field_is_a_cli_flag_with_help(tmp_path):
             "fisher",
             "--lets_rho_max",
             "1.0",
+            "--lets_objective",
+            "gap",
+            "--lets_lr",
+            "0.05",
         ]
     )
+    assert (args.lets_objective, args.lets_lr) == ("gap", 0.05)
     assert (args.sam_variant, args.sam_rho, args.lets_interval, args.sam_sync_perturbation, args.lets_hvp) == (
         "asam",
         0.5,
@@ -75,4 +85,4 @@ def test_every_field_is_a_cli_flag_with_help(tmp_path):
         False,
         "fisher",
     )
-    assert args.lets_rho_min == 0.125 and args.lets_rho_max == 1.0
+    assert args.lets_rho_min == 0.005 and args.lets_rho_max == 1.0

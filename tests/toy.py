@@ -62,6 +62,17 @@ def token_data(n: int, seq_len: int = 8, num_labels: int = 2, seed: int = 0) -> 
     ]
 
 
+def rule_data(n: int, seq_len: int = 8, seed: int = 0) -> list[dict]:
+    """Token data a tiny BERT learns in a few dozen steps: the label says whether the first token is above 32."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1, 64, (n, seq_len), generator=g)
+    labels = (ids[:, 0] > 32).long()
+    return [
+        {"input_ids": ids[i], "attention_mask": torch.ones(seq_len, dtype=torch.long), "labels": labels[i]}
+        for i in range(n)
+    ]
+
+
 def params_of(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.named_parameters()}
 
