@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import csv
 import logging
+import math
 import os
 from dataclasses import replace
 
 import datasets
 
+from .custom_files import DataError, Row, read_rows
 from .tasks import GLUE_TASKS, GlueTask
 
 logger = logging.getLogger(__name__)
@@ -20,10 +22,6 @@ logger = logging.getLogger(__name__)
 __all__ = ["DataError", "load_custom_files", "load_glue_dir", "load_hub", "read_glue_tsv"]
 
 csv.field_size_limit(10**8)  # QNLI/MNLI hold long paragraphs
-
-
-class DataError(ValueError):
-    """Bad input data; the message names the file, the problem and the fix."""
 
 
 def read_glue_tsv(path: str, task: GlueTask, split: str) -> datasets.Dataset:
@@ -117,40 +115,63 @@ def load_custom_files(
     task: GlueTask | None, train_file: str | None, validation_file: str | None, test_file: str | None
 ) -> tuple[GlueTask, datasets.DatasetDict]:
     """CSV or JSON(-lines) files. With a task, they need its text columns and ``label`` (ids or label names);
-    without one, ``sentence`` or ``sentence1``/``sentence2`` and ``label`` (a float label makes it regression)."""
+    without one, ``sentence`` or ``sentence1``/``sentence2`` and ``label`` (a float label makes it regression).
+
+    Every problem is a `DataError` naming the file, the row and the fix (`custom_files.read_rows` for the files'
+    own shape; here the columns, missing values and labels). Extra columns are ignored; a test file's labels too.
+    """
     files = {s: f for s, f in (("train", train_file), ("validation", validation_file), ("test", test_file)) if f}
-    for split, path in files.items():
-        if not os.path.isfile(path):
-            raise DataError(f"--{split}_file {path} does not exist.")
-        if not path.endswith((".csv", ".json", ".jsonl")):
-            raise DataError(f"--{split}_file {path}: use a .csv, .json or .jsonl file.")
-    kind = "csv" if next(iter(files.values())).endswith(".csv") else "json"
-    raw = datasets.load_dataset(kind, data_files=files)
+    read = {split: read_rows(path, f"--{split}_file") for split, path in files.items()}
     if task is None:
-        task = _infer_task(raw["train" if "train" in raw else next(iter(raw))])
+        first = "train" if "train" in read else next(iter(read))
+        task = _infer_task(*read[first], f"--{first}_file {files[first]}")
     out = {}
-    for split, ds in raw.items():
-        missing = [
-            c for c in (*task.text_columns, *(("label",) if split != "test" else ())) if c not in ds.column_names
-        ]
+    for split, (rows, columns) in read.items():
+        where = f"--{split}_file {files[split]}"
+        missing = [c for c in (*task.text_columns, *(("label",) if split != "test" else ())) if c not in columns]
         if missing:
-            raise DataError(f"--{split}_file {files[split]}: missing column(s) {missing}; it has {ds.column_names}.")
-        labels = (
-            [_custom_label(v, task, f"--{split}_file {files[split]}, row {i + 1}") for i, v in enumerate(ds["label"])]
-            if "label" in ds.column_names and split != "test"
-            else [-1.0 if task.is_regression else -1] * len(ds)
+            others = "; ".join(f"--{s}_file has {c}" for s, (_, c) in read.items() if s != split)
+            raise DataError(
+                f"{where}: missing column(s) {missing}; it has {columns}{f' ({others})' if others else ''}. "
+                f"{task.name} reads {list(task.text_columns)} and 'label': rename the columns."
+            )
+        out[split] = datasets.Dataset.from_dict(
+            {
+                **{c: [_custom_text(row[c], c, f"{where}, {at}") for at, row in rows] for c in task.text_columns},
+                "label": [_custom_label(row["label"], task, f"{where}, {at}") for at, row in rows]
+                if split != "test"
+                else [-1.0 if task.is_regression else -1] * len(rows),
+                "idx": [_custom_idx(row, n, f"{where}, {at}") for n, (at, row) in enumerate(rows)],
+            }
         )
-        idx = ds["idx"] if "idx" in ds.column_names else list(range(len(ds)))
-        out[split] = datasets.Dataset.from_dict({**{c: ds[c] for c in task.text_columns}, "label": labels, "idx": idx})
     return task, datasets.DatasetDict(out)
 
 
+def _custom_text(value, column: str, where: str) -> str:
+    if value is None:
+        raise DataError(f"{where}: column {column!r} is null; give every example its text, or remove the row.")
+    return str(value)
+
+
+def _custom_idx(row: dict, n: int, where: str) -> int:
+    if "idx" not in row:
+        return n
+    try:
+        return int(row["idx"])
+    except (TypeError, ValueError):
+        raise DataError(f"{where}: idx {row['idx']!r} is not an integer (it numbers the row in outputs).") from None
+
+
 def _custom_label(value, task: GlueTask, where: str) -> int | float:
+    _require_label(value, where)
     if task.is_regression:
-        return float(value)
+        number = _as_number(value)
+        if number is None or not math.isfinite(number):
+            raise DataError(f"{where}: label {value!r} is not a number ({task.name} is a regression task).")
+        return number
     if isinstance(value, str) and value in task.labels:
         return task.labels.index(value)
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():  # ids read as text (mixed-type CSVs)
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():  # ids read as text (CSV)
         value = int(value)
     if isinstance(value, (int, float)) and float(value).is_integer() and 0 <= int(value) < task.num_labels:
         return int(value)
@@ -159,18 +180,20 @@ def _custom_label(value, task: GlueTask, where: str) -> int | float:
     )
 
 
-def _infer_task(ds: datasets.Dataset) -> GlueTask:
-    text = ("sentence1", "sentence2") if "sentence1" in ds.column_names else ("sentence",)
-    if text[0] not in ds.column_names or "label" not in ds.column_names:
+def _infer_task(rows: list[Row], columns: list[str], where: str) -> GlueTask:
+    """A task record for custom files without --task_name: text columns by name, labels from the values."""
+    text = ("sentence1", "sentence2") if "sentence1" in columns else ("sentence",)
+    if text[0] not in columns or "label" not in columns:
         raise DataError(
-            f"Custom files need 'sentence' or 'sentence1'/'sentence2' and 'label' columns (or pass "
-            f"--task_name); found {ds.column_names}."
+            f"{where}: custom files need 'sentence' or 'sentence1'/'sentence2' and 'label' columns (or pass "
+            f"--task_name); found {columns}."
         )
-    values = ds["label"]
-    if all(isinstance(v, str) for v in values):
-        labels = tuple(sorted(set(values)))
-    elif all(float(v).is_integer() for v in values):
-        labels = tuple(str(i) for i in range(int(max(values)) + 1))
+    values = [_require_label(row["label"], f"{where}, {at}") for at, row in rows]
+    numbers = [_as_number(v) for v in values]
+    if any(n is None for n in numbers):  # label names
+        labels = tuple(sorted({str(v) for v in values}))
+    elif all(n.is_integer() for n in numbers):  # class ids 0..k
+        labels = tuple(str(i) for i in range(int(max(numbers)) + 1))
     else:
         labels = None
     metrics = ("pearson", "spearmanr") if labels is None else ("accuracy",)
@@ -183,3 +206,16 @@ def _infer_task(ds: datasets.Dataset) -> GlueTask:
         metrics=metrics,
         submission={"test": "custom.tsv"},
     )
+
+
+def _require_label(value, where: str):
+    if value is None or (isinstance(value, str) and not value.strip()):
+        raise DataError(f"{where}: the label is missing; fill it in or remove the row.")
+    return value
+
+
+def _as_number(value) -> float | None:
+    try:
+        return None if isinstance(value, bool) else float(value)
+    except (TypeError, ValueError):
+        return None
