@@ -131,7 +131,7 @@ def append(results_path: str, record: dict) -> None:
 
 
 def render_table(config: dict, records: dict) -> str:
-    """Markdown: one row per task, one column per method; mean +- std (n seeds); final rho for LETS."""
+    """Markdown: one row per task, one column per method; mean +- std (n seeds); final rho (mean +- std) for LETS."""
     methods = list(config["methods"])
     lines = ["| task (metric) | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
     for task in config["tasks"]:
@@ -147,7 +147,10 @@ def render_table(config: dict, records: dict) -> str:
             )
             cell += f" (n={len(values)})"
             if runs[0]["lets"]:
-                cell += f"<br>rho {statistics.fmean(r['final_rho'] for r in runs):.3g}"
+                rhos = [r["final_rho"] for r in runs]
+                cell += f"<br>rho {statistics.fmean(rhos):.3g}" + (
+                    f" +- {statistics.stdev(rhos):.2g}" if len(rhos) > 1 else ""
+                )
             cells.append(cell)
         metric = MAIN_METRIC.get(task, get_task(task).metrics[0])
         lines.append(f"| {task} ({metric}) | " + " | ".join(cells) + " |")
@@ -171,16 +174,23 @@ def render_plot(config: dict, records: dict, path: str) -> None:
                 ax.hlines(statistics.fmean(values), x - 0.3, x + 0.3, color="black")
         ax.set_xticks(range(len(methods)), methods, rotation=45, ha="right", fontsize=8)
         ax.set_title(f"{task}: {MAIN_METRIC.get(task, get_task(task).metrics[0])}")
-        ax_rho = axes[1][col]
-        for (t, m, seed), r in sorted(records.items()):
+        ax_rho, labelled = axes[1][col], set()
+        for (t, m, _), r in sorted(records.items()):
             if t == task and r.get("rho_trajectory"):
                 steps, rhos = zip(*r["rho_trajectory"])
-                start = r.get("settings", {}).get("sam_rho", rhos[0])  # relative: SAM's 0.05 and ASAM's 0.5 share it
-                ax_rho.plot(steps, [rho / start for rho in rhos], lw=1, label=f"{m} s{seed}")
+                start = r["settings"].get("sam_rho", rhos[0])  # each line starts at its own initial radius
+                color = f"C{methods.index(m) % 10}"  # one colour per method, one line per seed
+                label = None if m in labelled else m
+                labelled.add(m)
+                ax_rho.plot((0,) + steps, (start,) + rhos, lw=1, color=color, label=label)
+        fixed = {r["settings"].get("sam_rho") for (t, _, _), r in records.items() if t == task and not r["lets"]}
+        for rho in sorted(fixed - {None}) if ax_rho.lines else []:  # the grid's radii, to read learned ones against
+            ax_rho.axhline(rho, color="gray", lw=0.6, ls="--")
+            ax_rho.annotate(f"fixed {rho:g}", (0, rho), fontsize=6, color="gray", va="bottom")
         ax_rho.set_xlabel("optimizer step")
-        ax_rho.set_ylabel("rho / starting rho (LETS runs)")
+        ax_rho.set_ylabel("rho (LETS runs; dashed: fixed radii)")
         if ax_rho.lines:
-            ax_rho.axhline(1.0, color="gray", lw=0.5)
+            ax_rho.set_yscale("log")
             ax_rho.legend(fontsize=6)
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
@@ -198,7 +208,8 @@ def render(config: dict, command: str) -> None:
     if page and os.path.isfile(page):
         with open(page) as f:
             content = f.read()
-        start, end = "<!-- sweep-table:start -->\n", "<!-- sweep-table:end -->"
+        name = os.path.basename(stem)  # one pair of markers per results file: a page can hold several sweeps
+        start, end = f"<!-- sweep-table:{name}:start -->\n", f"<!-- sweep-table:{name}:end -->"
         if start in content and end in content:
             head, rest = content.split(start, 1)
             atomic_write_text(page, head + start + text + rest[rest.index(end) :])

@@ -36,7 +36,9 @@ def write_config(tmp_path, glue_dir, model):
         },
         "methods": {"adamw": {"sam_variant": "none"}, "lets-sam": {"sam_variant": "sam", "lets": True}},
     }
-    (tmp_path / "page.md").write_text("# Results\n<!-- sweep-table:start -->\nold\n<!-- sweep-table:end -->\nafter\n")
+    (tmp_path / "page.md").write_text(
+        "# Results\n<!-- sweep-table:sweep:start -->\nold\n<!-- sweep-table:sweep:end -->\nafter\n"
+    )
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(config))
     return str(path), config
@@ -71,7 +73,7 @@ def test_sweep_runs_resumes_and_renders(tmp_path, glue_dir, tiny_roberta):
     assert "| RTE (accuracy) |" in table and "(n=2)" in table and "rho" in table and "4 of 4 runs" in table
     assert (tmp_path / "results" / "sweep.png").read_bytes()[:4] == b"\x89PNG"
     page = (tmp_path / "page.md").read_text()
-    assert table in page and "old" not in page and page.endswith("<!-- sweep-table:end -->\nafter\n")
+    assert table in page and "old" not in page and page.endswith("<!-- sweep-table:sweep:end -->\nafter\n")
 
     config["seeds"] = [1]  # a narrower config: the other runs stay in the file but leave the table
     (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(config))
