@@ -9,9 +9,11 @@
 
 from __future__ import annotations
 
+import glob
 import json
 import logging
 import os
+import shutil
 import sys
 from dataclasses import dataclass, field
 
@@ -29,6 +31,7 @@ from transformers import (
 )
 
 from lets_hf import LETSTrainer, LETSTrainingArguments, split_heldout
+from lets_hf.checkpoint import last_complete_checkpoint
 
 from .data import DataError, load_custom_files, load_glue_dir, load_hub, read_glue_tsv
 from .metrics import glue_metrics, predictions_from_logits
@@ -127,6 +130,7 @@ def run(argv: list[str] | None = None) -> tuple[dict[str, float], LETSTrainer]:
     _setup_logging(args)
     _check_output_dir(args, data_args)
     task, raw, source = load_data(data_args, args)
+    _resume_or_start_afresh(args, data_args)
     set_seed(args.seed)
 
     raw, lets_raw, split_info = _heldout_split(raw, task, data_args, args)
@@ -206,6 +210,32 @@ def _check_output_dir(args: LETSTrainingArguments, data_args: DataArguments) -> 
         raise ValueError(
             f"output_dir {args.output_dir} already holds another run's results ({', '.join(found)}): "
             "choose a new --output_dir, pass --overwrite_output_dir true, or --resume_from_checkpoint."
+        )
+
+
+def _resume_or_start_afresh(args: LETSTrainingArguments, data_args: DataArguments) -> None:
+    """Re-running a killed command resumes it, as transformers' run_glue.py does: the last complete checkpoint in
+    output_dir becomes ``args.resume_from_checkpoint``. Half-written checkpoint folders (a kill while saving) are
+    removed with a warning. An explicit ``--resume_from_checkpoint`` wins; ``--overwrite_output_dir true`` starts
+    afresh and removes the old run's checkpoints, which a later re-run would otherwise resume from."""
+    if not args.do_train or args.resume_from_checkpoint or not args.should_save:
+        return
+    if data_args.overwrite_output_dir:
+        old = glob.glob(os.path.join(glob.escape(args.output_dir), "checkpoint-*"))
+        for folder in old:
+            shutil.rmtree(folder)
+        if old:
+            logger.info("--overwrite_output_dir: removed %d checkpoint(s) of the earlier run.", len(old))
+        return
+    found, broken = last_complete_checkpoint(args.output_dir)
+    for folder in broken:
+        logger.warning("%s was left half-written (no complete trainer_state.json): removed.", folder)
+        shutil.rmtree(folder)
+    if found:
+        args.resume_from_checkpoint = found
+        logger.warning(
+            "Resuming from %s, the last checkpoint in output_dir (pass --overwrite_output_dir true to start afresh).",
+            found,
         )
 
 
@@ -327,6 +357,8 @@ def _train(trainer: LETSTrainer, args, task: GlueTask, split_info: dict, save_mo
     metrics = dict(result.metrics)
     if trainer.direction is not None:
         metrics["train_final_rho"] = trainer.rho
+    if trainer.guard is not None and args.lets:
+        metrics["train_lets_guard_trips"] = trainer.guard.trips
     trainer.log_metrics("train", metrics)
     trainer.save_metrics("train", metrics)
     trainer.save_state()

@@ -2,19 +2,29 @@
 
 ``lets_state.json`` holds the radius and its optimizer state, the loss guard, where the held-out loader stands,
 the last logged values and the history; ``lets_curvature.safetensors`` holds the curvature buffer ``u`` when a
-hyper-step is pending across the checkpoint. Both are written to a temporary name and renamed.
+hyper-step is pending across the checkpoint. Both are written to a temporary name and renamed, *before* the
+Trainer's own files, so that the Trainer's last file, ``trainer_state.json``, marks a complete checkpoint
+(`last_complete_checkpoint`).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Callable
 
 import torch
 from safetensors.torch import load_file, save_file
 
-__all__ = ["LETS_CURVATURE_NAME", "LETS_STATE_NAME", "atomic_write", "load_lets_state", "save_lets_state"]
+__all__ = [
+    "LETS_CURVATURE_NAME",
+    "LETS_STATE_NAME",
+    "atomic_write",
+    "last_complete_checkpoint",
+    "load_lets_state",
+    "save_lets_state",
+]
 
 LETS_STATE_NAME = "lets_state.json"
 LETS_CURVATURE_NAME = "lets_curvature.safetensors"
@@ -40,6 +50,28 @@ def load_lets_state(folder: str, device: str) -> tuple[dict, list[torch.Tensor] 
         tensors = load_file(os.path.join(folder, LETS_CURVATURE_NAME), device=device)
         curvature = [tensors[f"u.{i}"] for i in range(len(tensors))]
     return state, curvature
+
+
+def last_complete_checkpoint(output_dir: str) -> tuple[str | None, list[str]]:
+    """The newest ``checkpoint-N`` folder in ``output_dir`` that is complete, and the newer ones skipped.
+
+    A kill while saving leaves a folder with only some files: the Trainer writes the weights, then the optimizer,
+    scheduler and RNG states, and ``trainer_state.json`` last (LETSTrainer's own state goes in first). A folder is
+    complete when its ``trainer_state.json`` exists and parses. ``(None, [...])`` when there is none.
+    """
+    if not os.path.isdir(output_dir):
+        return None, []
+    steps = {name: re.fullmatch(r"checkpoint-(\d+)", name) for name in os.listdir(output_dir)}
+    skipped = []
+    for name in sorted((n for n, m in steps.items() if m), key=lambda n: int(steps[n].group(1)), reverse=True):
+        folder = os.path.join(output_dir, name)
+        try:
+            with open(os.path.join(folder, "trainer_state.json")) as f:
+                json.load(f)
+            return folder, skipped
+        except (OSError, ValueError):
+            skipped.append(folder)
+    return None, skipped
 
 
 def _write_json(obj: dict, path: str) -> None:

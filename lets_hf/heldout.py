@@ -128,10 +128,13 @@ class HeldoutStream:
         return batch
 
     def _start(self) -> None:
-        self.sampler.set_epoch(self.epoch)
-        self._iterator = iter(self.dataloader)
-        for _ in range(self.position):  # replay after a resume; costs only data loading
-            next(self._iterator)
+        # Starting a DataLoader iterator draws a seed from the global torch RNG, and a resumed run starts this one at
+        # another point than an uninterrupted run does: fork the RNG so the draw leaves no trace on dropout masks.
+        with torch.random.fork_rng(devices=[]):
+            self.sampler.set_epoch(self.epoch)
+            self._iterator = iter(self.dataloader)
+            for _ in range(self.position):  # replay after a resume; costs only data loading
+                next(self._iterator)
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "position": self.position}

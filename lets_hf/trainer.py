@@ -393,20 +393,22 @@ class LETSTrainer(Trainer):
         super().log(logs, start_time)
 
     def _save_checkpoint(self, model, trial) -> None:
+        """The LETS state first, then the Trainer's files: its last one, ``trainer_state.json``, marks the folder
+        complete (`last_complete_checkpoint`), so a kill while saving never leaves a folder that looks whole."""
+        if self.direction is not None and self.args.should_save:
+            pending = self._pending
+            state = {
+                "radius": self.radius.to_dict(),
+                "guard": self.guard.to_dict() if self.guard else None,
+                "heldout": self._heldout.state_dict() if self._heldout else self._heldout_resume,
+                "last_hyper": self._last_hyper,
+                "history": self.lets_history,
+                "pending": None if pending is None else {"lrs": pending.lrs, "clip_coef": float(pending.clip_coef)},
+            }
+            folder = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
+            os.makedirs(folder, exist_ok=True)
+            save_lets_state(folder, state, pending.u if pending else None)
         super()._save_checkpoint(model, trial)
-        if self.direction is None or not self.args.should_save:
-            return
-        pending = self._pending
-        state = {
-            "radius": self.radius.to_dict(),
-            "guard": self.guard.to_dict() if self.guard else None,
-            "heldout": self._heldout.state_dict() if self._heldout else self._heldout_resume,
-            "last_hyper": self._last_hyper,
-            "history": self.lets_history,
-            "pending": None if pending is None else {"lrs": pending.lrs, "clip_coef": float(pending.clip_coef)},
-        }
-        folder = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
-        save_lets_state(folder, state, pending.u if pending else None)
 
     def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
         super()._load_optimizer_and_scheduler(checkpoint)

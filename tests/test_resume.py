@@ -1,0 +1,90 @@
+"""Re-running a killed `lets-glue` command resumes it: real processes, killed with SIGKILL after a checkpoint and
+while writing one; the resumed run must equal an uninterrupted one (weights, rho, lets_history.csv)."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from test_cli import glue_argv
+
+WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "kill_worker.py")
+
+
+def lets_glue(mode, step, argv):
+    """Run the command in a fresh process (one thread, so runs are comparable); returns (exit code, its log)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run(
+        [sys.executable, WORKER, mode, str(step), "--", *argv], capture_output=True, text=True, env=env, timeout=600
+    )
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+def command(tiny_roberta, glue_dir, out, *extra):
+    return glue_argv(
+        tiny_roberta, "RTE", glue_dir, out, *extra, max_train_samples=64, max_eval_samples=16, max_steps=6,
+        per_device_train_batch_size=8, save_strategy="steps", save_steps=2, lets_interval=1, lets_lr=0.2,
+    )  # fmt: skip
+
+
+def outcome(out):
+    with open(out / "lets_history.csv") as f:
+        history = [{k: v if k == "guard_tripped" else float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+    with open(out / "all_results.json") as f:
+        rho = json.load(f)["train_final_rho"]
+    return load_file(out / "model.safetensors"), rho, history
+
+
+def assert_same_run(resumed, reference):
+    weights, rho, history = resumed
+    ref_weights, ref_rho, ref_history = reference
+    for name, tensor in ref_weights.items():
+        torch.testing.assert_close(weights[name], tensor, rtol=0, atol=1e-6, msg=name)
+    assert rho == pytest.approx(ref_rho, rel=1e-6) and len(history) == len(ref_history) == 5
+    for row, ref in zip(history, ref_history):
+        numbers = lambda r: {k: v for k, v in r.items() if k != "guard_tripped"}  # noqa: E731
+        assert row["guard_tripped"] == ref["guard_tripped"]
+        assert numbers(row) == pytest.approx(numbers(ref), rel=1e-6, abs=1e-9)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, tiny_roberta, glue_dir):
+    out = tmp_path_factory.mktemp("uninterrupted") / "out"
+    code, log = lets_glue("none", 0, command(tiny_roberta, glue_dir, out))
+    assert code == 0, log[-3000:]
+    return outcome(out)
+
+
+def test_a_killed_run_resumes_when_the_same_command_is_run_again(tmp_path, tiny_roberta, glue_dir, reference):
+    out = tmp_path / "out"
+    code, _ = lets_glue("after-save", 2, command(tiny_roberta, glue_dir, out))
+    assert code == -9 and (out / "checkpoint-2" / "trainer_state.json").is_file()
+    assert not (out / "all_results.json").exists()
+    code, log = lets_glue("none", 0, command(tiny_roberta, glue_dir, out))
+    assert code == 0, log[-3000:]
+    assert f"Resuming from {out / 'checkpoint-2'}, the last checkpoint in output_dir" in log
+    assert_same_run(outcome(out), reference)
+
+
+def test_a_checkpoint_half_written_by_a_kill_is_skipped(tmp_path, tiny_roberta, glue_dir, reference):
+    out = tmp_path / "out"
+    code, _ = lets_glue("during-save", 4, command(tiny_roberta, glue_dir, out))
+    half = out / "checkpoint-4"
+    assert code == -9 and (half / "lets_state.json").is_file() and not (half / "trainer_state.json").exists()
+    code, log = lets_glue("none", 0, command(tiny_roberta, glue_dir, out))
+    assert code == 0, log[-3000:]
+    assert f"{half} was left half-written (no complete trainer_state.json): removed." in log
+    assert f"Resuming from {out / 'checkpoint-2'}" in log
+    assert_same_run(outcome(out), reference)
+
+
+def test_overwrite_output_dir_starts_afresh(tmp_path, tiny_roberta, glue_dir, reference):
+    out = tmp_path / "out"
+    assert lets_glue("after-save", 4, command(tiny_roberta, glue_dir, out))[0] == -9
+    code, log = lets_glue("none", 0, command(tiny_roberta, glue_dir, out, "--overwrite_output_dir", "true"))
+    assert code == 0 and "Resuming" not in log and "removed 2 checkpoint(s) of the earlier run" in log, log[-3000:]
+    assert_same_run(outcome(out), reference)
