@@ -23,7 +23,7 @@ __all__ = [
     "write_submission",
 ]
 
-HISTORY_FIELDS = ("step", "rho", "gap", "hypergradient", "train_loss", "heldout_loss")
+HISTORY_FIELDS = ("step", "rho", "gap", "hypergradient", "train_loss", "heldout_loss", "guard_tripped")
 
 
 def atomic_write_text(path: str, text: str) -> None:
@@ -35,7 +35,7 @@ def atomic_write_text(path: str, text: str) -> None:
 
 
 def write_history_csv(history: Sequence[dict], path: str) -> None:
-    """One row per radius hyper-step: step, rho, gap, hypergradient, train loss, held-out loss."""
+    """One row per radius hyper-step: step, rho, gap, hypergradient, train loss, held-out loss, guard tripped."""
 
     def write(tmp):
         with open(tmp, "w", newline="") as f:

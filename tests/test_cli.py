@@ -74,8 +74,9 @@ def test_minilm_rte_end_to_end(glue_dir, tmp_path):
     evaluation = json.loads((out / "eval_results.json").read_text())
     assert 0 <= evaluation["eval_accuracy"] <= 1 and evaluation["eval_samples"] == 40
     history = read_tsv(out / "lets_history.csv")
-    assert history[0] == ["step,rho,gap,hypergradient,train_loss,heldout_loss"]
+    assert history[0] == ["step,rho,gap,hypergradient,train_loss,heldout_loss,guard_tripped"]
     assert [int(r[0].split(",")[0]) for r in history[1:]] == [2, 3, 4]
+    assert {r[0].split(",")[-1] for r in history[1:]} <= {"True", "False"}
     assert (out / "lets_history.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     submission = read_tsv(out / "RTE.tsv")
     assert submission[0] == ["index", "prediction"] and len(submission) == 31
@@ -84,7 +85,8 @@ def test_minilm_rte_end_to_end(glue_dir, tmp_path):
     held = set(summary["lets_heldout"]["heldout_idx"])
     assert summary["lets_heldout"]["heldout_source"] == "train" and len(held) == 8
     assert not held & set(trainer.train_dataset["idx"]) and len(trainer.train_dataset) == 72
-    assert summary["train_final_rho"] == pytest.approx(trainer.rho) and trainer.rho != 0.05
+    assert summary["train_final_rho"] == pytest.approx(trainer.rho) and trainer.rho != trainer.args.sam_rho
+    assert summary["train_lets_guard_trips"] == trainer.guard.trips
 
 
 def test_tiny_roberta_stsb_with_dev_heldout(glue_dir, tiny_roberta, tmp_path):

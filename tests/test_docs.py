@@ -49,7 +49,7 @@ def test_shipped_configs_parse(tmp_path, path):
     assert data_args.task_name and model_args.model_name_or_path
     if "demo" not in path:
         assert (args.learning_rate, args.per_device_train_batch_size, args.num_train_epochs) == (2e-5, 32, 3)
-        assert data_args.max_seq_length == 128 and args.sam_rho == 0.05 and args.lets
+        assert data_args.max_seq_length == 128 and args.sam_rho == 0.01 and args.lets
 
 
 # ---- docs/api.md is generated from the docstrings and cannot drift ------------------------------------------------

@@ -183,7 +183,7 @@ def test_bf16_on_cpu_trains(base_args):
     trainer.train()
     logs = [e for e in trainer.state.log_history if "loss" in e]
     assert all(math.isfinite(e["loss"]) for e in logs) and "lets_hypergrad" in logs[-1]
-    assert math.isfinite(trainer.rho) and trainer.rho != 0.05
+    assert math.isfinite(trainer.rho) and trainer.rho != args.sam_rho
 
 
 # ---- held-out split, logging, resume ------------------------------------------------------------------------------
@@ -241,7 +241,7 @@ def test_resume_equals_uninterrupted_run(tmp_path, base_args, interval, n_accum)
     interrupted, _ = run(tmp_path / "b", 6, callbacks=[Interrupt()])
     assert interrupted.state.global_step == 3
     resumed, p_resumed = run(tmp_path / "b", 6, resume=str(tmp_path / "b" / "checkpoint-3"))
-    assert straight.rho != 0.05
+    assert straight.rho != straight.args.sam_rho
     assert resumed.rho == pytest.approx(straight.rho, rel=1e-9)  # the clip coefficient round-trips through JSON
     assert len(resumed.lets_history) == len(straight.lets_history) == len(range(1, 6, interval))
     for a, b in zip(resumed.lets_history, straight.lets_history):
@@ -304,7 +304,7 @@ def test_loss_scaling_changes_nothing(base_args):
     """Every gradient LETS uses is unscaled: a power-of-two loss scale gives the same run as none."""
     plain, p_plain = train_with_scaler(base_args, None)
     scaled, p_scaled = train_with_scaler(base_args, torch.amp.GradScaler("cpu", init_scale=2.0**14))
-    assert scaled.rho == pytest.approx(plain.rho, rel=1e-5) and plain.rho != 0.05
+    assert scaled.rho == pytest.approx(plain.rho, rel=1e-5) and plain.rho != plain.args.sam_rho
     for name in p_plain:
         torch.testing.assert_close(p_scaled[name], p_plain[name], rtol=1e-5, atol=1e-6, msg=name)
 
@@ -350,7 +350,7 @@ def test_lets_with_a_pinned_radius_trains_exactly_like_fixed_sam(base_args):
 
     def run(**lets):
         held = token_data(12, seed=1) if lets.get("lets") else None
-        return train_tiny_bert(base_args, lets_dataset=held, max_steps=5, max_grad_norm=1.0, **lets)
+        return train_tiny_bert(base_args, lets_dataset=held, max_steps=5, max_grad_norm=1.0, sam_rho=0.05, **lets)
 
     fixed, p_fixed = run(lets=False)
     pinned, p_pinned = run(lets=True, lets_interval=1, lets_rho_min=0.05, lets_rho_max=0.05)
