@@ -245,7 +245,7 @@ def test_resume_equals_uninterrupted_run(tmp_path, base_args, interval, n_accum)
     assert resumed.rho == pytest.approx(straight.rho, rel=1e-9)  # the clip coefficient round-trips through JSON
     assert len(resumed.lets_history) == len(straight.lets_history) == len(range(1, 6, interval))
     for a, b in zip(resumed.lets_history, straight.lets_history):
-        assert a == pytest.approx(b, rel=1e-9, abs=1e-12)
+        assert a == pytest.approx(b, rel=1e-6, abs=1e-12)  # float32 dot products: multi-threaded sums differ ~1e-9
     for name in p_straight:
         torch.testing.assert_close(p_resumed[name], p_straight[name], rtol=0, atol=1e-6, msg=name)
 
