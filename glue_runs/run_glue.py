@@ -217,20 +217,22 @@ def _resume_or_start_afresh(args: LETSTrainingArguments, data_args: DataArgument
     """Re-running a killed command resumes it, as transformers' run_glue.py does: the last complete checkpoint in
     output_dir becomes ``args.resume_from_checkpoint``. Half-written checkpoint folders (a kill while saving) are
     removed with a warning. An explicit ``--resume_from_checkpoint`` wins; ``--overwrite_output_dir true`` starts
-    afresh and removes the old run's checkpoints, which a later re-run would otherwise resume from."""
-    if not args.do_train or args.resume_from_checkpoint or not args.should_save:
+    afresh and removes the old run's checkpoints, which a later re-run would otherwise resume from.
+
+    Every rank picks the same checkpoint (under DDP each must resume); only the main process removes folders."""
+    if not args.do_train or args.resume_from_checkpoint:
         return
     if data_args.overwrite_output_dir:
         old = glob.glob(os.path.join(glob.escape(args.output_dir), "checkpoint-*"))
-        for folder in old:
-            shutil.rmtree(folder)
-        if old:
+        for folder in old if args.should_save else []:
+            shutil.rmtree(folder, ignore_errors=True)
+        if old and args.should_save:
             logger.info("--overwrite_output_dir: removed %d checkpoint(s) of the earlier run.", len(old))
         return
     found, broken = last_complete_checkpoint(args.output_dir)
-    for folder in broken:
+    for folder in broken if args.should_save else []:
         logger.warning("%s was left half-written (no complete trainer_state.json): removed.", folder)
-        shutil.rmtree(folder)
+        shutil.rmtree(folder, ignore_errors=True)
     if found:
         args.resume_from_checkpoint = found
         logger.warning(
