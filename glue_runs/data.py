@@ -13,13 +13,14 @@ import os
 from dataclasses import replace
 
 import datasets
+import numpy as np
 
 from .custom_files import DataError, Row, read_rows
 from .tasks import GLUE_TASKS, GlueTask
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DataError", "load_custom_files", "load_glue_dir", "load_hub", "read_glue_tsv"]
+__all__ = ["DataError", "flip_labels", "load_custom_files", "load_glue_dir", "load_hub", "read_glue_tsv"]
 
 csv.field_size_limit(10**8)  # QNLI/MNLI hold long paragraphs
 
@@ -219,3 +220,31 @@ def _as_number(value) -> float | None:
         return None if isinstance(value, bool) else float(value)
     except (TypeError, ValueError):
         return None
+
+
+def flip_labels(
+    train: datasets.Dataset, task: GlueTask, fraction: float, seed: int
+) -> tuple[datasets.Dataset, list[int]]:
+    """Symmetric label noise: ``round(fraction * len(train))`` examples, drawn with ``seed``, get another class,
+    uniformly among the task's other labels. Returns the noisy dataset and the ``idx`` of the flipped rows.
+
+    Only for the training split, before the LETS held-out carve (so the held-out data is as noisy as the training
+    data, as it would be in a real noisy dataset); dev and test sets stay clean. The draw uses its own generator:
+    the same seed flips the same rows whatever else the run does.
+    """
+    if task.is_regression:
+        raise DataError(
+            f"--label_noise flips class labels, and {task.name} is a regression task: drop --label_noise "
+            "(or use a classification task)."
+        )
+    if not 0.0 <= fraction < 1.0:
+        raise DataError(f"--label_noise {fraction} is not a fraction in [0, 1): e.g. 0.2 flips 20% of the labels.")
+    rng = np.random.default_rng(seed)
+    count = round(fraction * len(train))
+    rows = np.sort(rng.choice(len(train), size=count, replace=False))
+    labels = np.asarray(train["label"], dtype=np.int64)
+    shift = rng.integers(1, task.num_labels, size=count)  # 1..k-1 steps round the classes: never the same class
+    labels[rows] = (labels[rows] + shift) % task.num_labels
+    noisy = train.remove_columns("label").add_column("label", labels.tolist()).cast(train.features)
+    idx = train["idx"]
+    return noisy, [int(idx[i]) for i in rows]

@@ -33,7 +33,7 @@ from transformers import (
 from lets_hf import LETSTrainer, LETSTrainingArguments, split_heldout
 from lets_hf.checkpoint import last_complete_checkpoint
 
-from .data import DataError, load_custom_files, load_glue_dir, load_hub, read_glue_tsv
+from .data import DataError, flip_labels, load_custom_files, load_glue_dir, load_hub, read_glue_tsv
 from .metrics import glue_metrics, predictions_from_logits
 from .report import atomic_write, plot_history, write_history_csv, write_submission
 from .tasks import GLUE_TASKS, GlueTask, get_task
@@ -117,6 +117,14 @@ class DataArguments:
     overwrite_output_dir: bool = field(
         default=False, metadata={"help": "Allow writing into an output_dir that holds another run's results."}
     )
+    label_noise: float = field(
+        default=0.0,
+        metadata={
+            "help": "Flip this fraction of the training labels (classification only) to another class, drawn "
+            "with --seed, before the LETS held-out carve; dev and test stay clean. A robustness experiment: "
+            "what was flipped is recorded in all_results.json."
+        },
+    )
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
@@ -130,6 +138,7 @@ def run(argv: list[str] | None = None) -> tuple[dict[str, float], LETSTrainer]:
     _setup_logging(args)
     _check_output_dir(args, data_args)
     task, raw, source = load_data(data_args, args)
+    raw, noise_info = _label_noise(raw, task, data_args, args)
     _resume_or_start_afresh(args, data_args)
     set_seed(args.seed)
 
@@ -166,7 +175,7 @@ def run(argv: list[str] | None = None) -> tuple[dict[str, float], LETSTrainer]:
     if args.should_save and results:
         atomic_write(
             os.path.join(args.output_dir, "all_results.json"),
-            lambda tmp: _dump({**results, "lets_heldout": {**split_info}}, tmp),
+            lambda tmp: _dump({**results, "lets_heldout": {**split_info}, **noise_info}, tmp),
         )
     return results, trainer
 
@@ -282,6 +291,23 @@ def load_data(data_args: DataArguments, args) -> tuple[GlueTask, datasets.Datase
             raw[split] = raw[split].select(range(min(limit, len(raw[split]))))
     logger.info("Data: %s from %s; %s", task.name, where, {s: len(d) for s, d in raw.items()})
     return task, raw, where
+
+
+def _label_noise(raw, task: GlueTask, data_args: DataArguments, args) -> tuple[datasets.DatasetDict, dict]:
+    """``--label_noise``: the training labels flipped by `flip_labels` (seeded by --seed), and what was flipped."""
+    if data_args.label_noise == 0 or not args.do_train or "train" not in raw:
+        return raw, {}
+    raw["train"], flipped = flip_labels(raw["train"], task, data_args.label_noise, args.seed)
+    logger.info("Label noise: %d of %d training labels flipped (seed %d).", len(flipped), len(raw["train"]), args.seed)
+    return raw, {
+        "label_noise": {
+            "fraction": data_args.label_noise,
+            "seed": args.seed,
+            "flipped": len(flipped),
+            "train_examples": len(raw["train"]),
+            "flipped_idx": flipped,
+        }
+    }
 
 
 def _heldout_split(raw, task: GlueTask, data_args: DataArguments, args):
