@@ -4,6 +4,7 @@ generated from the docstrings, and every example in the docs runs."""
 import dataclasses
 import glob
 import inspect
+import json
 import os
 import re
 import subprocess
@@ -50,6 +51,19 @@ def test_shipped_configs_parse(tmp_path, path):
     if "demo" not in path:
         assert (args.learning_rate, args.per_device_train_batch_size, args.num_train_epochs) == (2e-5, 32, 3)
         assert data_args.max_seq_length == 128 and args.sam_rho == 0.01 and args.lets
+
+
+@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(ROOT, "glue_runs", "configs", "sweep_*.yaml"))))
+def test_sweep_configs_give_runs_lets_glue_accepts(tmp_path, path):
+    """A typo in a sweep config must fail here, not hours into a sweep: every (task, method) of it parses."""
+    from glue_runs.sweep import load_config, plan, settings
+
+    config = load_config(path)
+    for task, method, seed in {(t, m, config["seeds"][0]) for t, m, _ in plan(config)}:
+        flags = tmp_path / f"{task}-{method}.json"
+        flags.write_text(json.dumps({**settings(config, task, method, seed), "output_dir": str(tmp_path)}))
+        _, data_args, args = parse([str(flags)])
+        assert (data_args.task_name, args.seed) == (task, seed)
 
 
 # ---- docs/api.md is generated from the docstrings and cannot drift ------------------------------------------------
