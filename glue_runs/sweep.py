@@ -99,10 +99,10 @@ def run_one(config: dict, task: str, method: str, seed: int) -> dict:
     with open(os.path.join(out, "all_results.json")) as f:
         results = json.load(f)
     metric = MAIN_METRIC.get(task, get_task(task).metrics[0])
-    trajectory = []
+    history = []
     if os.path.isfile(os.path.join(out, "lets_history.csv")):
         with open(os.path.join(out, "lets_history.csv")) as f:
-            trajectory = [[int(h["step"]), float(h["rho"])] for h in csv.DictReader(f)]
+            history = list(csv.DictReader(f))
     return {
         "task": task,
         "method": method,
@@ -115,9 +115,11 @@ def run_one(config: dict, task: str, method: str, seed: int) -> dict:
         "wall_seconds": round(time.time() - start, 1),
         "eval_samples": results.get("eval_samples"),
         "heldout": {k: v for k, v in results.get("lets_heldout", {}).items() if not k.endswith("idx")},
-        "rho_trajectory": trajectory,
+        "rho_trajectory": [[int(h["step"]), float(h["rho"])] for h in history],
+        "guard_trips_at": [int(h["step"]) for h in history if h.get("guard_tripped") == "True"],
+        "label_noise": {k: v for k, v in results.get("label_noise", {}).items() if not k.endswith("idx")},
         "output_dir": out,
-        "all_results": {k: v for k, v in results.items() if k.startswith("eval_")},
+        "all_results": {k: v for k, v in results.items() if k.startswith(("eval_", "train_"))},
         "settings": run_settings,
     }
 

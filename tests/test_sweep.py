@@ -58,6 +58,8 @@ def test_sweep_runs_resumes_and_renders(tmp_path, glue_dir, tiny_roberta):
     lets = first[1]
     assert lets["lets"] and lets["final_rho"] > 0 and [s for s, _ in lets["rho_trajectory"]] == [2]
     assert lets["heldout"]["heldout_source"] == "train" and first[0]["final_rho"] is None
+    assert lets["guard_trips_at"] == [] and lets["all_results"]["train_final_rho"] == lets["final_rho"]
+    assert lets["label_noise"] == {} and "train_loss" in first[0]["all_results"]
 
     interrupted = tmp_path / "runs" / "RTE" / "lets-sam" / "seed1"  # a run killed half-way leaves a folder
     interrupted.mkdir(parents=True)
