@@ -26,7 +26,7 @@ test: install lint
 	$(BIN)/python -m pytest
 
 demo: install
-	$(BIN)/lets-glue glue_runs/configs/demo_minilm_rte.json
+	$(BIN)/lets-glue glue_runs/configs/demo_minilm_sst2.json
 
 # The measurements behind docs/results.md (long: see the commands there).
 bench: install
