@@ -8,6 +8,11 @@ config now asks for is refused rather than mixed into one table.
 After every run, ``<results>.md`` (mean and std over seeds of each task's main metric, the final rho of the LETS runs)
 and ``<results>.png`` (per task, the methods side by side with their seed spread; rho over training, relative to
 where it started, for the LETS runs) are rendered again, so a partial table is always on disk.
+With ``details: true`` the table is followed, per task, by every seed's value and final rho, the minutes per run,
+one LETS run's cost against the fixed-radius grid's, and each LETS method's difference to the best fixed radius and
+to AdamW, judged by the page's rule (under two standard deviations is not a difference).
+With ``results_page: <file>`` the same text replaces what stands between the file's
+``<!-- sweep-table:<results stem>:start -->`` and ``...:end -->`` markers.
 """
 
 from __future__ import annotations
@@ -159,6 +164,97 @@ def render_table(config: dict, records: dict) -> str:
     return "\n".join(lines)
 
 
+def _runs(records: dict, task: str, method: str) -> list[dict]:
+    return [r for (t, m, _), r in sorted(records.items()) if t == task and m == method]
+
+
+def _mean_sd(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else float("nan"))
+
+
+def is_grid(config: dict, method: str) -> bool:
+    """A fixed-radius SAM or ASAM method: one point of the grid a learned radius replaces."""
+    flags = config["methods"][method]
+    return flags.get("sam_variant", config["base"].get("sam_variant")) not in (None, "none") and not flags.get("lets")
+
+
+def versus(records: dict, task: str, method: str, other: str, label: str) -> str:
+    """One line: ``method``'s mean minus ``other``'s, and whether it is a difference.
+
+    The rule the page's verdicts use: a difference under two standard deviations (the larger seed spread of the two
+    cells) is not a difference.
+    """
+    mean, sd = _mean_sd([r["value"] for r in _runs(records, task, method)])
+    other_mean, other_sd = _mean_sd([r["value"] for r in _runs(records, task, other)])
+    diff, bar = mean - other_mean, 2 * max(sd, other_sd)
+    verdict = "not a difference" if abs(diff) < bar else ("better" if diff > 0 else "worse")
+    return f"- {method} vs {label} ({other}): {diff:+.3f} (two sd: {bar:.3f}): **{verdict}**"
+
+
+def compare(config: dict, records: dict, task: str) -> list[str]:
+    """Each LETS method (two seeds or more) against the best fixed radius of its own variant and against AdamW."""
+
+    def variant(method: str):
+        return config["methods"][method].get("sam_variant", config["base"].get("sam_variant"))
+
+    done = {m for m in config["methods"] if len(_runs(records, task, m)) >= 2}
+    lines = []
+    for method in [m for m in config["methods"] if m in done and config["methods"][m].get("lets")]:
+        grid = [
+            (statistics.fmean(r["value"] for r in _runs(records, task, m)), m)
+            for m in done
+            if is_grid(config, m) and variant(m) == variant(method)
+        ]
+        if grid:
+            lines.append(versus(records, task, method, max(grid)[1], "the best fixed radius of its variant"))
+        lines += [versus(records, task, method, m, "plain AdamW") for m in done if variant(m) in (None, "none")]
+    return lines
+
+
+def render_details(config: dict, records: dict) -> str:
+    """Per task: every seed's value and final rho, minutes per run, and the comparisons the page's verdicts rest on.
+
+    Minutes are each run's wall time (start of the process to its last file written: loading, training and the dev
+    evaluation), what a user waits for one run on the sweep's machine.
+    """
+    out = []
+    for task in config["tasks"]:
+        rows = []
+        for method in config["methods"]:
+            runs = _runs(records, task, method)
+            if not runs:
+                continue
+            seeds = ", ".join(f"{r['seed']}: {r['value']:.3f}" for r in runs)
+            rhos = ", ".join(f"{r['final_rho']:.3g}" for r in runs) if runs[0]["lets"] else "-"
+            minutes = statistics.fmean(r["wall_seconds"] for r in runs) / 60
+            rows.append(f"| {method} | {seeds} | {rhos} | {minutes:.1f} |")
+        if not rows:
+            continue
+        metric = MAIN_METRIC.get(task, get_task(task).metrics[0])
+        out += [f"**{task}** ({metric} per seed; final rho per seed for LETS runs; minutes per run, wall):", ""]
+        out += ["| method | value per seed | final rho per seed | minutes |", "|---|---|---|---|", *rows, ""]
+        grid = [
+            m for m in config["methods"] if is_grid(config, m) and config["methods"][m].get("sam_variant") == "sam"
+        ]
+        grid_runs = [r for m in grid for r in _runs(records, task, m) if r["seed"] == config["seeds"][0]]
+        for method in config["methods"]:
+            lets_runs = _runs(records, task, method)
+            flags = config["methods"][method]
+            if flags.get("lets") and flags.get("sam_variant") == "sam" and lets_runs and len(grid_runs) == len(grid):
+                lets_min = statistics.fmean(r["wall_seconds"] for r in lets_runs) / 60
+                grid_min = sum(r["wall_seconds"] for r in grid_runs) / 60
+                out.append(
+                    f"- Cost: one {method} run {lets_min:.1f} min; the {len(grid)} fixed-radius SAM runs of one seed "
+                    f"({', '.join(grid)}) {grid_min:.1f} min together."
+                )
+                break
+        out += compare(config, records, task)
+        out.append("")
+    hours = sum(r["wall_seconds"] for r in records.values()) / 3600
+    out.append(f"Machine time of the {len(records)} finished runs: {hours:.1f} h.")
+    return "\n".join(out)
+
+
 def render_plot(config: dict, records: dict, path: str) -> None:
     import matplotlib
 
@@ -205,6 +301,8 @@ def render(config: dict, command: str) -> None:
     stem = os.path.splitext(config["results"])[0]
     total = len(planned)
     text = f"{render_table(config, records)}\n\n{len(records)} of {total} runs finished. Command: `{command}`\n"
+    if config.get("details"):  # per-seed values, minutes per run and the grid comparisons under the table
+        text += f"\n{render_details(config, records)}\n"
     atomic_write_text(f"{stem}.md", text)
     page = config.get("results_page")  # optional: keep a docs page's copy of the table current
     if page and os.path.isfile(page):

@@ -14,6 +14,7 @@ def write_config(tmp_path, glue_dir, model):
         "output_root": str(tmp_path / "runs"),
         "results": str(tmp_path / "results" / "sweep.jsonl"),
         "results_page": str(tmp_path / "page.md"),
+        "details": True,
         "tasks": ["RTE"],
         "seeds": [0, 1],
         "base": {
@@ -75,6 +76,7 @@ def test_sweep_runs_resumes_and_renders(tmp_path, glue_dir, tiny_roberta):
     assert "| RTE (accuracy) |" in table and "(n=2)" in table and "rho" in table and "4 of 4 runs" in table
     assert (tmp_path / "results" / "sweep.png").read_bytes()[:4] == b"\x89PNG"
     page = (tmp_path / "page.md").read_text()
+    assert "| lets-sam | 0: " in table and "Machine time of the 4 finished runs" in table
     assert table in page and "old" not in page and page.endswith("<!-- sweep-table:sweep:end -->\nafter\n")
 
     config["seeds"] = [1]  # a narrower config: the other runs stay in the file but leave the table
@@ -99,3 +101,42 @@ def test_sweep_refuses_results_made_with_other_settings(tmp_path, glue_dir, tiny
     config["task_overrides"] = {"RTE": {"max_train_samples": 48}}  # an override restoring them is accepted
     (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(config))
     assert len(main([path])) == 1
+
+
+def test_details_give_per_seed_values_costs_and_the_two_sd_rule():
+    """The numbers the page's verdicts rest on: per-seed values, minutes, and 'under two sd is no difference'."""
+    from glue_runs.sweep import render_details
+
+    config = {
+        "tasks": ["MRPC"],
+        "seeds": [0, 1],
+        "base": {},
+        "methods": {
+            "adamw": {"sam_variant": "none"},
+            "sam-a": {"sam_variant": "sam", "sam_rho": 0.01},
+            "sam-b": {"sam_variant": "sam", "sam_rho": 0.05},
+            "lets": {"sam_variant": "sam", "sam_rho": 0.05, "lets": True},
+        },
+    }
+    values = {"adamw": (0.80, 0.82), "sam-a": (0.84, 0.86), "sam-b": (0.70, 0.72), "lets": (0.85, 0.85)}
+    records = {
+        ("MRPC", m, seed): {
+            "seed": seed,
+            "value": v[seed],
+            "lets": m == "lets",
+            "final_rho": 0.02 + seed / 100 if m == "lets" else None,
+            "wall_seconds": 120.0 if m == "adamw" else 300.0,
+        }
+        for m, v in values.items()
+        for seed in (0, 1)
+    }
+    text = render_details(config, records)
+    assert (
+        "| sam-b | 0: 0.700, 1: 0.720 | - | 5.0 |" in text
+        and "| lets | 0: 0.850, 1: 0.850 | 0.02, 0.03 | 5.0 |" in text
+    )
+    assert "one lets run 5.0 min; the 2 fixed-radius SAM runs of one seed (sam-a, sam-b) 10.0 min" in text
+    # lets - best radius (sam-a) = 0.85 - 0.85 = 0 < 2 * 0.0141: no difference; vs AdamW +0.04 > 2 * 0.0141: better
+    assert "lets vs the best fixed radius of its variant (sam-a): +0.000 (two sd: 0.028): **not a difference**" in text
+    assert "lets vs plain AdamW (adamw): +0.040 (two sd: 0.028): **better**" in text
+    assert "Machine time of the 8 finished runs: 0.6 h." in text
