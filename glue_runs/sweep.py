@@ -21,6 +21,8 @@ import argparse
 import csv
 import json
 import os
+import re
+import resource
 import shutil
 import statistics
 import subprocess
@@ -33,7 +35,7 @@ from .report import atomic_write, atomic_write_text
 from .tasks import get_task
 
 # The metric each task's column shows (the first of its official GLUE metrics; STS-B Pearson as in LETS.md).
-MAIN_METRIC = {"CoLA": "matthews_correlation", "STS-B": "pearson", "MRPC": "accuracy"}
+MAIN_METRIC = {"CoLA": "matthews_correlation", "STS-B": "pearson", "MRPC": "accuracy", "SST-2": "accuracy"}
 
 
 def load_config(path: str) -> dict:
@@ -97,8 +99,10 @@ def run_one(config: dict, task: str, method: str, seed: int) -> dict:
     flags = {**run_settings, "output_dir": out}
     config_path = f"{out}.run.json"  # the exact settings, kept beside the run folder
     atomic_write_text(config_path, json.dumps(flags, indent=2))
-    start = time.time()
+    start, children = time.time(), resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = subprocess.run([sys.executable, "-m", "glue_runs", config_path], capture_output=True, text=True)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)  # the run's own CPU time: a paused run does not add to it
+    cpu_seconds = after.ru_utime - children.ru_utime + after.ru_stime - children.ru_stime
     if proc.returncode != 0:
         raise RuntimeError(f"{task}/{method}/seed{seed} failed:\n{proc.stderr[-3000:]}")
     with open(os.path.join(out, "all_results.json")) as f:
@@ -118,6 +122,7 @@ def run_one(config: dict, task: str, method: str, seed: int) -> dict:
         "lets": bool(flags.get("lets")) and flags.get("sam_variant") != "none",
         "train_runtime": results.get("train_runtime"),
         "wall_seconds": round(time.time() - start, 1),
+        "cpu_seconds": round(cpu_seconds, 1),
         "eval_samples": results.get("eval_samples"),
         "heldout": {k: v for k, v in results.get("lets_heldout", {}).items() if not k.endswith("idx")},
         "rho_trajectory": [[int(h["step"]), float(h["rho"])] for h in history],
@@ -214,8 +219,10 @@ def compare(config: dict, records: dict, task: str) -> list[str]:
 def render_details(config: dict, records: dict) -> str:
     """Per task: every seed's value and final rho, minutes per run, and the comparisons the page's verdicts rest on.
 
-    Minutes are each run's wall time (start of the process to its last file written: loading, training and the dev
-    evaluation), what a user waits for one run on the sweep's machine.
+    Wall minutes run from the start of the run's process to its end (loading, training, the dev evaluation): what a
+    user waits on the sweep's machine, if nothing else ran. CPU minutes are the process's own user + system time
+    (all its threads): a sweep paused with SIGSTOP, or slowed by another job, does not inflate them as it does the
+    wall time.
     """
     out = []
     for task in config["tasks"]:
@@ -227,12 +234,18 @@ def render_details(config: dict, records: dict) -> str:
             seeds = ", ".join(f"{r['seed']}: {r['value']:.3f}" for r in runs)
             rhos = ", ".join(f"{r['final_rho']:.3g}" for r in runs) if runs[0]["lets"] else "-"
             minutes = statistics.fmean(r["wall_seconds"] for r in runs) / 60
-            rows.append(f"| {method} | {seeds} | {rhos} | {minutes:.1f} |")
+            cpu = [r["cpu_seconds"] for r in runs if r.get("cpu_seconds") is not None]  # older records lack it
+            cpu_minutes = f"{statistics.fmean(cpu) / 60:.1f}" if cpu else "-"
+            rows.append(f"| {method} | {seeds} | {rhos} | {minutes:.1f} | {cpu_minutes} |")
         if not rows:
             continue
         metric = MAIN_METRIC.get(task, get_task(task).metrics[0])
-        out += [f"**{task}** ({metric} per seed; final rho per seed for LETS runs; minutes per run, wall):", ""]
-        out += ["| method | value per seed | final rho per seed | minutes |", "|---|---|---|---|", *rows, ""]
+        out += [f"**{task}** ({metric} per seed; final rho per seed for LETS runs; minutes per run):", ""]
+        out += [
+            "| method | value per seed | final rho per seed | wall minutes | CPU minutes |",
+            "|---|---|---|---|---|",
+        ]
+        out += [*rows, ""]
         grid = [
             m for m in config["methods"] if is_grid(config, m) and config["methods"][m].get("sam_variant") == "sam"
         ]
@@ -251,8 +264,9 @@ def render_details(config: dict, records: dict) -> str:
         out += compare(config, records, task)
         out.append("")
     hours = sum(r["wall_seconds"] for r in records.values()) / 3600
-    out.append(f"Machine time of the {len(records)} finished runs: {hours:.1f} h.")
-    return "\n".join(out)
+    cpu_hours = sum(r.get("cpu_seconds") or 0 for r in records.values()) / 3600
+    out.append(f"Machine time of the finished runs ({len(records)}): {hours:.1f} h wall, {cpu_hours:.1f} CPU hours.")
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(out))  # one blank line between tasks, whatever a block held
 
 
 def render_plot(config: dict, records: dict, path: str) -> None:

@@ -61,6 +61,7 @@ def test_sweep_runs_resumes_and_renders(tmp_path, glue_dir, tiny_roberta):
     assert lets["heldout"]["heldout_source"] == "train" and first[0]["final_rho"] is None
     assert lets["guard_trips_at"] == [] and lets["all_results"]["train_final_rho"] == lets["final_rho"]
     assert lets["label_noise"] == {} and "train_loss" in first[0]["all_results"]
+    assert 0 < lets["cpu_seconds"] and all(r["wall_seconds"] > 0 for r in first)
 
     interrupted = tmp_path / "runs" / "RTE" / "lets-sam" / "seed1"  # a run killed half-way leaves a folder
     interrupted.mkdir(parents=True)
@@ -76,7 +77,7 @@ def test_sweep_runs_resumes_and_renders(tmp_path, glue_dir, tiny_roberta):
     assert "| RTE (accuracy) |" in table and "(n=2)" in table and "rho" in table and "4 of 4 runs" in table
     assert (tmp_path / "results" / "sweep.png").read_bytes()[:4] == b"\x89PNG"
     page = (tmp_path / "page.md").read_text()
-    assert "| lets-sam | 0: " in table and "Machine time of the 4 finished runs" in table
+    assert "| lets-sam | 0: " in table and "Machine time of the finished runs (4)" in table
     assert table in page and "old" not in page and page.endswith("<!-- sweep-table:sweep:end -->\nafter\n")
 
     config["seeds"] = [1]  # a narrower config: the other runs stay in the file but leave the table
@@ -126,6 +127,7 @@ def test_details_give_per_seed_values_costs_and_the_two_sd_rule():
             "lets": m == "lets",
             "final_rho": 0.02 + seed / 100 if m == "lets" else None,
             "wall_seconds": 120.0 if m == "adamw" else 300.0,
+            **({} if m == "adamw" else {"cpu_seconds": 600.0}),  # a record from before CPU time was kept has none
         }
         for m, v in values.items()
         for seed in (0, 1)
@@ -139,4 +141,4 @@ def test_details_give_per_seed_values_costs_and_the_two_sd_rule():
     # lets - best radius (sam-a) = 0.85 - 0.85 = 0 < 2 * 0.0141: no difference; vs AdamW +0.04 > 2 * 0.0141: better
     assert "lets vs the best fixed radius of its variant (sam-a): +0.000 (two sd: 0.028): **not a difference**" in text
     assert "lets vs plain AdamW (adamw): +0.040 (two sd: 0.028): **better**" in text
-    assert "Machine time of the 8 finished runs: 0.6 h." in text
+    assert "Machine time of the finished runs (8): 0.6 h wall, 1.0 CPU hours." in text
