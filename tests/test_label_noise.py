@@ -47,6 +47,17 @@ def test_flip_labels_is_seeded():
     assert none == [] and same["label"] == clean["label"]
 
 
+def test_flip_labels_keeps_a_hub_classlabel_feature():
+    """The Hub's nyu-mll/glue has `label: ClassLabel(names=[...])`; the noisy column must keep it (names, int64)."""
+    features = datasets.Features({"idx": datasets.Value("int32"), "label": datasets.ClassLabel(names=["no", "yes"])})
+    clean = datasets.Dataset.from_dict(
+        {"idx": list(range(50)), "label": [i % 2 for i in range(50)]}, features=features
+    )
+    noisy, flipped = flip_labels(clean, get_task("RTE"), 0.2, seed=0)
+    assert noisy.features == features and noisy.features["label"].names == ["no", "yes"]
+    assert len(flipped) == 10 and len(changed(clean, noisy)) == 10
+
+
 @pytest.mark.parametrize("fraction", [-0.1, 1.0, 1.5])
 def test_flip_labels_refuses_a_fraction_outside_0_1(fraction):
     with pytest.raises(DataError, match=r"is not a fraction in \[0, 1\)"):
