@@ -264,8 +264,11 @@ def render_details(config: dict, records: dict) -> str:
         out += compare(config, records, task)
         out.append("")
     hours = sum(r["wall_seconds"] for r in records.values()) / 3600
-    cpu_hours = sum(r.get("cpu_seconds") or 0 for r in records.values()) / 3600
-    out.append(f"Machine time of the finished runs ({len(records)}): {hours:.1f} h wall, {cpu_hours:.1f} CPU hours.")
+    cpu = [r["cpu_seconds"] for r in records.values() if r.get("cpu_seconds") is not None]
+    of = f" (the {len(cpu)} runs that recorded it)" if len(cpu) < len(records) else ""
+    out.append(
+        f"Machine time of the finished runs ({len(records)}): {hours:.1f} h wall, {sum(cpu) / 3600:.1f} CPU hours{of}."
+    )
     return re.sub(r"\n{3,}", "\n\n", "\n".join(out))  # one blank line between tasks, whatever a block held
 
 

@@ -141,4 +141,4 @@ def test_details_give_per_seed_values_costs_and_the_two_sd_rule():
     # lets - best radius (sam-a) = 0.85 - 0.85 = 0 < 2 * 0.0141: no difference; vs AdamW +0.04 > 2 * 0.0141: better
     assert "lets vs the best fixed radius of its variant (sam-a): +0.000 (two sd: 0.028): **not a difference**" in text
     assert "lets vs plain AdamW (adamw): +0.040 (two sd: 0.028): **better**" in text
-    assert "Machine time of the finished runs (8): 0.6 h wall, 1.0 CPU hours." in text
+    assert "Machine time of the finished runs (8): 0.6 h wall, 1.0 CPU hours (the 6 runs that recorded it)." in text
