@@ -177,10 +177,14 @@ def _mean_sd(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else float("nan"))
 
 
+def variant(config: dict, method: str) -> str | None:
+    """The method's ``sam_variant``, as its runs get it (the method's own flag, else the base's)."""
+    return config["methods"][method].get("sam_variant", config["base"].get("sam_variant"))
+
+
 def is_grid(config: dict, method: str) -> bool:
     """A fixed-radius SAM or ASAM method: one point of the grid a learned radius replaces."""
-    flags = config["methods"][method]
-    return flags.get("sam_variant", config["base"].get("sam_variant")) not in (None, "none") and not flags.get("lets")
+    return variant(config, method) not in (None, "none") and not config["methods"][method].get("lets")
 
 
 def versus(records: dict, task: str, method: str, other: str, label: str) -> str:
@@ -199,20 +203,19 @@ def versus(records: dict, task: str, method: str, other: str, label: str) -> str
 def compare(config: dict, records: dict, task: str) -> list[str]:
     """Each LETS method (two seeds or more) against the best fixed radius of its own variant and against AdamW."""
 
-    def variant(method: str):
-        return config["methods"][method].get("sam_variant", config["base"].get("sam_variant"))
-
     done = {m for m in config["methods"] if len(_runs(records, task, m)) >= 2}
     lines = []
     for method in [m for m in config["methods"] if m in done and config["methods"][m].get("lets")]:
         grid = [
             (statistics.fmean(r["value"] for r in _runs(records, task, m)), m)
             for m in done
-            if is_grid(config, m) and variant(m) == variant(method)
+            if is_grid(config, m) and variant(config, m) == variant(config, method)
         ]
         if grid:
             lines.append(versus(records, task, method, max(grid)[1], "the best fixed radius of its variant"))
-        lines += [versus(records, task, method, m, "plain AdamW") for m in done if variant(m) in (None, "none")]
+        lines += [
+            versus(records, task, method, m, "plain AdamW") for m in done if variant(config, m) in (None, "none")
+        ]
     return lines
 
 
@@ -246,14 +249,12 @@ def render_details(config: dict, records: dict) -> str:
             "|---|---|---|---|---|",
         ]
         out += [*rows, ""]
-        grid = [
-            m for m in config["methods"] if is_grid(config, m) and config["methods"][m].get("sam_variant") == "sam"
-        ]
+        grid = [m for m in config["methods"] if is_grid(config, m) and variant(config, m) == "sam"]
         grid_runs = [r for m in grid for r in _runs(records, task, m) if r["seed"] == config["seeds"][0]]
         for method in config["methods"]:
             lets_runs = _runs(records, task, method)
             flags = config["methods"][method]
-            if flags.get("lets") and flags.get("sam_variant") == "sam" and lets_runs and len(grid_runs) == len(grid):
+            if flags.get("lets") and variant(config, method) == "sam" and lets_runs and len(grid_runs) == len(grid):
                 lets_min = statistics.fmean(r["wall_seconds"] for r in lets_runs) / 60
                 grid_min = sum(r["wall_seconds"] for r in grid_runs) / 60
                 out.append(
