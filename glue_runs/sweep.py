@@ -142,6 +142,14 @@ def append(results_path: str, record: dict) -> None:
         os.fsync(f.fileno())
 
 
+def _runs(records: dict, task: str, method: str) -> list[dict]:
+    return [r for (t, m, _), r in sorted(records.items()) if t == task and m == method]
+
+
+def _mean_sd(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else float("nan"))
+
+
 def render_table(config: dict, records: dict) -> str:
     """Markdown: one row per task, one column per method; mean +- std (n seeds); final rho (mean +- std) for LETS."""
     methods = list(config["methods"])
@@ -149,7 +157,7 @@ def render_table(config: dict, records: dict) -> str:
     for task in config["tasks"]:
         cells = []
         for method in methods:
-            runs = [r for (t, m, _), r in sorted(records.items()) if t == task and m == method]
+            runs = _runs(records, task, method)
             if not runs:
                 cells.append("-")
                 continue
@@ -167,14 +175,6 @@ def render_table(config: dict, records: dict) -> str:
         metric = MAIN_METRIC.get(task, get_task(task).metrics[0])
         lines.append(f"| {task} ({metric}) | " + " | ".join(cells) + " |")
     return "\n".join(lines)
-
-
-def _runs(records: dict, task: str, method: str) -> list[dict]:
-    return [r for (t, m, _), r in sorted(records.items()) if t == task and m == method]
-
-
-def _mean_sd(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else float("nan"))
 
 
 def variant(config: dict, method: str) -> str | None:
@@ -202,7 +202,6 @@ def versus(records: dict, task: str, method: str, other: str, label: str) -> str
 
 def compare(config: dict, records: dict, task: str) -> list[str]:
     """Each LETS method (two seeds or more) against the best fixed radius of its own variant and against AdamW."""
-
     done = {m for m in config["methods"] if len(_runs(records, task, m)) >= 2}
     lines = []
     for method in [m for m in config["methods"] if m in done and config["methods"][m].get("lets")]:
@@ -284,7 +283,7 @@ def render_plot(config: dict, records: dict, path: str) -> None:
     for col, task in enumerate(tasks):
         ax = axes[0][col]
         for x, method in enumerate(methods):
-            values = [r["value"] for (t, m, _), r in records.items() if t == task and m == method]
+            values = [r["value"] for r in _runs(records, task, method)]
             if values:
                 ax.scatter([x] * len(values), values, color="tab:blue", s=14, alpha=0.7)
                 ax.hlines(statistics.fmean(values), x - 0.3, x + 0.3, color="black")
