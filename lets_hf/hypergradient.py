@@ -243,61 +243,97 @@ def radius_step(
     return RadiusState(log_rho=log_rho, exp_avg=m, exp_avg_sq=v, steps=steps)
 
 
+STALL_SHRINK = 10.0  # a stall sends rho this factor below min(rho, sam_rho): a radius the model does not learn under
+
+
 @dataclass
 class LossGuard:
-    """Watches the training loss seen at hyper-steps; trips when the model gets worse *or stops learning*.
+    """Watches the training loss seen at hyper-steps; trips when the model gets worse *or is not learning*.
 
-    Two failure modes of a mobile radius (LETS.md): a radius so large that the training loss rises (the collapse
-    measured on STS-B), and one that keeps the model from learning at all while the loss sits still (CoLA with the
-    squared gap: rho 0.05 -> 0.28, loss at the class prior's entropy all run, MCC 0). The guard keeps an EMA of the
-    training loss and trips when
+    Two failure modes of a mobile radius: a radius so large that the training loss rises (the collapse LETS.md
+    measured on STS-B), and one under which the model never learns while the loss sits still and the hypergradient,
+    which then carries no signal, drifts rho upwards (CoLA with the squared gap: rho 0.05 -> 0.28, MCC 0; SST-2
+    with 20% noisy labels and the default objective from rho 0.1: rho -> 0.28, a one-class model; results.md
+    sections 3 and 6). The guard keeps an EMA of the training loss and trips when
 
     - *risen*: the EMA is more than ``tolerance`` (relative) above its best, or
-    - *stalled*: the EMA has not reached a new best for ``patience`` hyper-steps.
+    - *stalled*: the EMA has not fallen ``threshold`` (relative) below its best for ``patience`` hyper-steps. A
+      stall trips again after every further ``patience`` hyper-steps without such progress.
 
-    While tripped the radius is sent back to at most its initial value and may not grow; a new best (or, for a
-    rise, a return within the tolerance) releases it.
+    ``threshold`` is what makes a stall visible: a loss sitting at the class prior's entropy still sets a new lowest
+    EMA now and then by a hair (that is how the guard without it missed every recorded case), never by 1%.
+    The trainer acts on a trip with `guarded_log_rho`. While tripped rho may not grow; progress (or, after a rise,
+    a return within the tolerance) releases it.
 
     Attributes:
         tolerance: the relative rise of the EMA over its best that trips the guard (``lets_guard_tolerance``).
-        patience: hyper-steps without a new best that count as a stall (``lets_guard_patience``; None: never).
+        patience: hyper-steps without progress that count as a stall (``lets_guard_patience``; None: never).
+        threshold: the relative fall below the best that counts as progress (``lets_guard_threshold``).
         beta: the EMA's decay per hyper-step.
-        ema, best: the current EMA of the training loss and its lowest value so far.
-        since_best: hyper-steps since the EMA last set a new best.
-        tripped: whether the guard is tripped now; trips: how often it tripped.
+        ema, best: the current EMA of the training loss and its best (last progress) so far.
+        since_best: hyper-steps since the last progress (or the last stall trip).
+        reason: why the guard is tripped now (``"risen"``, ``"stalled"``), or None; trips: how often it tripped.
     """
 
     tolerance: float
     patience: int | None = None
+    threshold: float = 0.0
     beta: float = 0.9
     ema: float | None = None
     best: float = math.inf
     since_best: int = 0
-    tripped: bool = False
+    reason: str | None = None
     trips: int = 0
 
-    def update(self, train_loss: float) -> bool:
-        """Feed one training loss; return True when the guard trips *now* (it was not tripped before)."""
+    def update(self, train_loss: float) -> str | None:
+        """Feed one training loss; return ``"risen"`` or ``"stalled"`` when the guard trips *now*, else None."""
         self.ema = train_loss if self.ema is None else self.beta * self.ema + (1 - self.beta) * train_loss
-        if self.ema < self.best:
+        progress = self.ema < self.best * (1 - self.threshold)
+        if progress:
             self.best, self.since_best = self.ema, 0
         else:
             self.since_best += 1
-        was, self.tripped = self.tripped, self.risen or self.stalled
-        if self.tripped and not was:
-            self.trips += 1
-            return True
-        return False
+        trip = None
+        if self.risen:
+            trip = None if self.reason == "risen" else "risen"
+        elif self.patience is not None and self.since_best >= self.patience:
+            trip, self.since_best = "stalled", 0
+        elif progress or self.reason == "risen":
+            self.reason = None
+        if trip:
+            self.reason, self.trips = trip, self.trips + 1
+        return trip
+
+    @property
+    def tripped(self) -> bool:
+        return self.reason is not None
 
     @property
     def risen(self) -> bool:
         """The EMA lies more than ``tolerance`` above its best."""
         return self.ema is not None and self.ema > self.best * (1 + self.tolerance)
 
-    @property
-    def stalled(self) -> bool:
-        """No new best for ``patience`` hyper-steps."""
-        return self.patience is not None and self.since_best >= self.patience
-
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, state: dict) -> LossGuard:
+        """From `to_dict`'s output, or from a checkpoint of a version that stored ``tripped`` instead of ``reason``."""
+        state = dict(state)
+        if "tripped" in state:
+            state["reason"] = "stalled" if state.pop("tripped") else None
+        return cls(**state)
+
+
+def guarded_log_rho(log_rho: float, trip: str, sam_rho: float, rho_min: float) -> float:
+    """Where a trip of the `LossGuard` sends ``log rho``.
+
+    A rise: back to at most ``sam_rho``, the radius the run started from, under which the model had been learning.
+    A stall: `STALL_SHRINK` times below at most ``sam_rho``, never below ``rho_min``: the model is not learning
+    under this radius and the start may itself be the cause (a start 10x too large), so going back there would
+    not help; one decade per trip, until the model learns or rho reaches its lower bound (near plain training).
+    """
+    ceiling = min(log_rho, math.log(sam_rho))
+    if trip == "stalled":
+        ceiling -= math.log(STALL_SHRINK)
+    return max(ceiling, math.log(rho_min))

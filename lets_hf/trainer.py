@@ -30,6 +30,7 @@ from .hypergradient import (
     LossGuard,
     RadiusState,
     fisher_curvature,
+    guarded_log_rho,
     hessian_vector_product,
     hypergradient,
     optimizer_derivative_,
@@ -121,11 +122,11 @@ class LETSTrainer(Trainer):
         self._params: list[torch.Tensor] | None = None  # model_init may bring a new model to each train()
         self._theta: list[torch.Tensor] | None = None  # the saved copy the weights are restored from
         self.radius = RadiusState(log_rho=math.log(args.sam_rho) if args.sam_rho > 0 else -math.inf)
-        self.guard = (
-            LossGuard(args.lets_guard_tolerance, patience=args.lets_guard_patience)
-            if args.lets_guard_tolerance
-            else None
-        )
+        self.guard = None
+        if args.lets_guard_tolerance:
+            self.guard = LossGuard(
+                args.lets_guard_tolerance, patience=args.lets_guard_patience, threshold=args.lets_guard_threshold
+            )
         self.lets_history: list[dict[str, float]] = []
         self._last_hyper: dict[str, float] = {}
         self._micro_step = 0
@@ -300,20 +301,24 @@ class LETSTrainer(Trainer):
         dF_drho = hypergradient(gap, s_v, s_b, self.args.lets_objective)
         allow_increase = True
         if self.guard is not None:
-            if self.guard.update(loss_b):
+            trip = self.guard.update(loss_b)
+            if trip:
+                rho = self.rho
+                log_rho = guarded_log_rho(self.radius.log_rho, trip, self.args.sam_rho, self.args.lets_rho_min)
+                self.radius = RadiusState(log_rho=log_rho)  # Adam's moments reset: the old direction is void
                 logger.warning(
-                    "LETS loss guard at step %d: the training loss (EMA %.4f, best %.4f) %s; rho %.4g goes back to "
-                    "at most sam_rho=%.4g and may not grow until the loss improves.",
+                    "LETS loss guard at step %d: the training loss (EMA %.4f, best %.4f) %s; rho %.4g -> %.4g, and it "
+                    "may not grow until the loss improves.",
                     self.state.global_step,
                     self.guard.ema,
                     self.guard.best,
                     f"rose more than {100 * self.guard.tolerance:.0f}% above its best"
-                    if self.guard.risen
-                    else f"has not improved for {self.guard.since_best} hyper-steps",
+                    if trip == "risen"
+                    else f"has not fallen {100 * self.guard.threshold:g}% below its best for "
+                    f"{self.guard.patience} hyper-steps",
+                    rho,
                     self.rho,
-                    self.args.sam_rho,
                 )
-                self.radius = RadiusState(log_rho=min(self.radius.log_rho, math.log(self.args.sam_rho)))
             allow_increase = not self.guard.tripped
         self.radius = radius_step(
             self.radius,
@@ -421,7 +426,7 @@ class LETSTrainer(Trainer):
         state, curvature = loaded
         self.radius = RadiusState(**state["radius"])
         if self.guard is not None and state["guard"]:
-            self.guard = LossGuard(**state["guard"])
+            self.guard = LossGuard.from_dict(state["guard"])
         self._heldout_resume, self._heldout = state["heldout"], None
         self._last_hyper = state["last_hyper"]
         self.lets_history = state["history"]

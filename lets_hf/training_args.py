@@ -132,9 +132,18 @@ class LETSTrainingArguments(TrainingArguments):
     lets_guard_patience: int | None = field(
         default=10,
         metadata={
-            "help": "Loss guard: hyper-steps without a new best of the training-loss EMA that count as a "
-            "stalled model; rho is then sent back to at most sam_rho and may not grow until the loss improves. "
-            "None: only a rising loss trips the guard."
+            "help": "Loss guard: hyper-steps without progress of the training-loss EMA (a fall of "
+            "lets_guard_threshold below its best) that count as a model that is not learning; rho is then cut to "
+            "a tenth of at most sam_rho (never below lets_rho_min), again after every further such window, and may "
+            "not grow until the loss improves. None: only a rising loss trips the guard."
+        },
+    )
+    lets_guard_threshold: float = field(
+        default=0.01,
+        metadata={
+            "help": "Loss guard: the relative fall of the training-loss EMA below its best that counts as progress "
+            "(as EarlyStoppingCallback's early_stopping_threshold, but relative): a loss sitting still sets a new "
+            "lowest value now and then by a hair, never by 1%."
         },
     )
 
@@ -174,6 +183,10 @@ class LETSTrainingArguments(TrainingArguments):
         _require(
             self.lets_guard_patience is None or self.lets_guard_patience >= 1,
             f"lets_guard_patience={self.lets_guard_patience} must be >= 1, or None to watch only for a rising loss.",
+        )
+        _require(
+            0 <= self.lets_guard_threshold < 1,
+            f"lets_guard_threshold={self.lets_guard_threshold} must lie in [0, 1), e.g. 0.01 (a 1% fall).",
         )
         _require(self.lets_interval >= 1, f"lets_interval={self.lets_interval} must be >= 1.")
         _require(

@@ -11,6 +11,7 @@ from lets_hf import LETSTrainer, LETSTrainingArguments, RadiusState, radius_step
 from lets_hf.hypergradient import (
     LossGuard,
     fisher_curvature,
+    guarded_log_rho,
     hessian_vector_product,
     optimizer_derivative_,
     radius_lr,
@@ -145,21 +146,43 @@ def test_radius_step_bounds_and_no_increase():
 
 def test_loss_guard_trips_on_a_rising_loss():
     guard = LossGuard(tolerance=0.2, beta=0.0)
-    assert not any(guard.update(x) for x in [1.0, 0.8, 0.7, 0.75])
-    assert guard.update(0.9) and guard.tripped and guard.trips == 1
-    assert not guard.update(0.72) and not guard.tripped
+    assert [guard.update(x) for x in [1.0, 0.8, 0.7, 0.75]] == [None] * 4
+    assert guard.update(0.9) == "risen" and guard.tripped and guard.trips == 1
+    assert guard.update(0.95) is None and guard.tripped  # still risen: one trip, not two
+    assert guard.update(0.72) is None and not guard.tripped  # back within 20% of the best: released
 
 
-def test_loss_guard_trips_on_a_model_that_stops_learning():
-    """CoLA with the squared gap: the loss sat at the class prior's entropy while rho climbed. No rise, a stall."""
-    guard = LossGuard(tolerance=0.2, patience=3, beta=0.0)
-    assert not any(guard.update(x) for x in [0.69, 0.61, 0.62, 0.615])  # 2 hyper-steps without a new best
-    assert guard.update(0.612) and guard.tripped and guard.since_best == 3 and guard.trips == 1
-    assert not guard.update(0.613) and guard.tripped  # still stalled: no second trip is counted
-    assert not guard.update(0.55) and not guard.tripped  # a new best releases it
-    assert LossGuard(tolerance=0.2, beta=0.0).update(0.6) is False  # without patience a flat loss never trips
-    flat = LossGuard(tolerance=0.2, beta=0.0)
+def test_loss_guard_trips_on_a_model_that_does_not_learn_and_again_while_it_does_not():
+    """A loss that sits still sets new lows by hairs; only a 1% fall counts as progress."""
+    guard = LossGuard(tolerance=0.2, patience=3, threshold=0.01, beta=0.0)
+    # 0.69 -> 0.61 is progress; 0.605, 0.606, 0.604 stay above 0.61 * 0.99 = 0.6039: a stall.
+    assert [guard.update(x) for x in [0.69, 0.61, 0.605, 0.606, 0.604]] == [None, None, None, None, "stalled"]
+    assert guard.tripped and guard.trips == 1 and guard.best == 0.61 and guard.since_best == 0
+    assert [guard.update(0.607) for _ in range(3)] == [None, None, "stalled"] and guard.trips == 2  # re-armed
+    assert guard.update(0.59) is None and not guard.tripped  # progress releases it
+    # Without the threshold every hair-thin new low counted as progress: the flat loss never tripped.
+    blind = LossGuard(tolerance=0.2, patience=3, beta=0.0)
+    assert not any(blind.update(x) for x in [0.69, 0.61, 0.605, 0.604, 0.603, 0.602, 0.601, 0.6])
+    flat = LossGuard(tolerance=0.2, threshold=0.01, beta=0.0)  # without patience a flat loss never trips
     assert not any(flat.update(0.6) for _ in range(50))
+
+
+def test_a_trip_sends_rho_back_to_sam_rho_after_a_rise_and_a_decade_lower_after_a_stall():
+    def to(rho, trip, sam_rho=0.1, rho_min=0.001):
+        return math.exp(guarded_log_rho(math.log(rho), trip, sam_rho, rho_min))
+
+    assert to(0.3, "risen") == pytest.approx(0.1) and to(0.05, "risen") == pytest.approx(0.05)
+    assert to(0.3, "stalled") == pytest.approx(0.01)  # the start itself may be what the model cannot learn under
+    assert to(0.02, "stalled") == pytest.approx(0.002) and to(0.002, "stalled") == pytest.approx(0.001)  # the floor
+
+
+def test_loss_guard_state_loads_from_a_checkpoint_of_the_previous_format():
+    guard = LossGuard(tolerance=0.2, patience=3, threshold=0.01, beta=0.0)
+    for x in [0.69, 0.61, 0.605, 0.606, 0.604]:
+        guard.update(x)
+    assert LossGuard.from_dict(guard.to_dict()) == guard
+    old = {"tolerance": 0.2, "patience": 10, "beta": 0.9, "ema": 0.6, "best": 0.6, "since_best": 12, "tripped": True}
+    assert LossGuard.from_dict(old).reason == "stalled" and LossGuard.from_dict(old).threshold == 0.0
 
 
 def test_radius_lr_gives_every_run_the_same_reach():
