@@ -1,7 +1,7 @@
 """lets_hf: sharpness-aware minimisation for the HF Trainer, with the radius learned by LETS."""
 
 from .heldout import split_heldout
-from .hypergradient import LossGuard, RadiusState, hypergradient, radius_lr, radius_step
+from .hypergradient import LossGuard, RadiusState, guarded_log_rho, hypergradient, radius_lr, radius_step
 from .perturbation import (
     asam_direction,
     available_perturbations,
@@ -22,6 +22,7 @@ __all__ = [
     "asam_direction",
     "available_perturbations",
     "get_perturbation",
+    "guarded_log_rho",
     "hypergradient",
     "radius_lr",
     "radius_step",
