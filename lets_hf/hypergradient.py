@@ -332,6 +332,14 @@ def guarded_log_rho(log_rho: float, trip: str, sam_rho: float, rho_min: float) -
     A stall: `STALL_SHRINK` times below at most ``sam_rho``, never below ``rho_min``: the model is not learning
     under this radius and the start may itself be the cause (a start 10x too large), so going back there would
     not help; one decade per trip, until the model learns or rho reaches its lower bound (near plain training).
+
+    Args:
+        log_rho: ``log rho`` when the guard trips.
+        trip: what `LossGuard.update` returned: ``"risen"`` or ``"stalled"``.
+        sam_rho: the run's initial radius (``sam_rho``).
+        rho_min: the lower bound (``lets_rho_min``).
+    Returns:
+        The new ``log rho``.
     """
     ceiling = min(log_rho, math.log(sam_rho))
     if trip == "stalled":
