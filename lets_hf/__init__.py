@@ -1,7 +1,15 @@
 """lets_hf: sharpness-aware minimisation for the HF Trainer, with the radius learned by LETS."""
 
 from .heldout import split_heldout
-from .hypergradient import LossGuard, RadiusState, guarded_log_rho, hypergradient, radius_lr, radius_step
+from .hypergradient import (
+    LossGuard,
+    RadiusState,
+    constant_predictor_loss,
+    guarded_log_rho,
+    hypergradient,
+    radius_lr,
+    radius_step,
+)
 from .perturbation import (
     asam_direction,
     available_perturbations,
@@ -21,6 +29,7 @@ __all__ = [
     "RadiusState",
     "asam_direction",
     "available_perturbations",
+    "constant_predictor_loss",
     "get_perturbation",
     "guarded_log_rho",
     "hypergradient",

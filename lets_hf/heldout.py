@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler, Subset
 
-__all__ = ["EpochPermutationSampler", "HeldoutStream", "split_heldout"]
+__all__ = ["EpochPermutationSampler", "HeldoutStream", "dataset_labels", "split_heldout"]
 
 _REGRESSION_BINS = 5  # strata for a float target (STS-B): quantile bins
 
@@ -49,7 +49,9 @@ def split_heldout(dataset: Any, fraction: float, seed: int) -> tuple[Any, Any, n
     return _select(dataset, train), _select(dataset, heldout), train, heldout
 
 
-def _labels(dataset: Any) -> Sequence | None:
+def dataset_labels(dataset: Any) -> Sequence | None:
+    """The ``labels`` (or ``label``) column of a `datasets.Dataset`, or that key of every dict example; None when
+    the examples carry no labels there."""
     columns = getattr(dataset, "column_names", None)
     if columns is not None:  # datasets.Dataset: read the column, no decoding of the rest
         name = next((c for c in ("labels", "label") if c in columns), None)
@@ -63,7 +65,7 @@ def _labels(dataset: Any) -> Sequence | None:
 
 
 def _strata(dataset: Any) -> list[np.ndarray]:
-    labels = _labels(dataset)
+    labels = dataset_labels(dataset)
     if labels is None:
         return [np.arange(len(dataset))]
     y = np.asarray([float(torch.as_tensor(v).reshape(-1)[0]) for v in labels])

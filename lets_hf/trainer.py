@@ -25,10 +25,11 @@ from torch import nn
 from transformers import Trainer
 
 from .checkpoint import LETS_STATE_NAME, load_lets_state, save_lets_state
-from .heldout import EpochPermutationSampler, HeldoutStream, split_heldout
+from .heldout import EpochPermutationSampler, HeldoutStream, dataset_labels, split_heldout
 from .hypergradient import (
     LossGuard,
     RadiusState,
+    constant_predictor_loss,
     fisher_curvature,
     guarded_log_rho,
     hessian_vector_product,
@@ -113,7 +114,30 @@ class LETSTrainer(Trainer):
         self.lets_dataset = lets_dataset
         self.direction = None if args.sam_variant == "none" else get_perturbation(args.sam_variant)
         self._warned_optimizer = False
+        self._label_prior = self._constant_predictor_loss() if args.lets and args.lets_guard_tolerance else None
         self._reset_lets_state()
+
+    def _constant_predictor_loss(self) -> float | None:
+        """The training loss of a model that predicts only the label prior (the guard's *not learning* level), from
+        the training labels and the model's head; None where it is unknown: no labels column, a multi-label head,
+        label smoothing, or a loss of the user's own (``compute_loss`` overridden, ``compute_loss_func``)."""
+        config = getattr(self.model, "config", None)
+        problem, num_labels = getattr(config, "problem_type", None), getattr(config, "num_labels", None)
+        custom_loss = type(self).compute_loss is not Trainer.compute_loss or getattr(self, "compute_loss_func", None)
+        if (
+            num_labels is None
+            or problem == "multi_label_classification"
+            or custom_loss
+            or self.args.label_smoothing_factor
+            or not hasattr(self.train_dataset, "__len__")
+            or len(self.train_dataset) == 0
+        ):
+            return None
+        labels = dataset_labels(self.train_dataset)
+        if labels is None:
+            return None
+        labels = torch.as_tensor([float(torch.as_tensor(y).reshape(-1)[0]) for y in labels])
+        return constant_predictor_loss(labels, regression=problem == "regression" or num_labels == 1)
 
     def _reset_lets_state(self) -> None:
         """The radius back to ``sam_rho`` and no hyper-step in flight: a new ``train()`` starts afresh (a resume
@@ -125,7 +149,10 @@ class LETSTrainer(Trainer):
         self.guard = None
         if args.lets_guard_tolerance:
             self.guard = LossGuard(
-                args.lets_guard_tolerance, patience=args.lets_guard_patience, threshold=args.lets_guard_threshold
+                args.lets_guard_tolerance,
+                patience=args.lets_guard_patience,
+                threshold=args.lets_guard_threshold,
+                prior=self._label_prior,
             )
         self.lets_history: list[dict[str, float]] = []
         self._last_hyper: dict[str, float] = {}
@@ -315,7 +342,8 @@ class LETSTrainer(Trainer):
                     f"rose more than {100 * self.guard.tolerance:.0f}% above its best"
                     if trip == "risen"
                     else f"has not fallen {100 * self.guard.threshold:g}% below its best for "
-                    f"{self.guard.patience} hyper-steps",
+                    f"{self.guard.patience} hyper-steps"
+                    + ("" if self.guard.prior is None else f" at the label prior's loss ({self.guard.prior:.4f})"),
                     rho,
                     self.rho,
                 )
@@ -426,7 +454,7 @@ class LETSTrainer(Trainer):
         state, curvature = loaded
         self.radius = RadiusState(**state["radius"])
         if self.guard is not None and state["guard"]:
-            self.guard = LossGuard.from_dict(state["guard"])
+            self.guard = LossGuard.from_dict({**state["guard"], "prior": self._label_prior})
         self._heldout_resume, self._heldout = state["heldout"], None
         self._last_hyper = state["last_hyper"]
         self.lets_history = state["history"]

@@ -4,6 +4,7 @@ it must see each run whose model did not learn, and none that did."""
 
 import dataclasses
 import json
+import math
 import statistics
 from pathlib import Path
 
@@ -75,9 +76,15 @@ HISTORIES = Path(__file__).parent / "data" / "guard_histories.json"
 DEFAULTS = {f.name: f.default for f in dataclasses.fields(LETSTrainingArguments)}
 
 
-def first_trip(losses, threshold):
-    guard = LossGuard(DEFAULTS["lets_guard_tolerance"], patience=DEFAULTS["lets_guard_patience"], threshold=threshold)
-    return next(((i, trip) for i, x in enumerate(losses) if (trip := guard.update(x))), None)
+def trips(losses, threshold, prior):
+    guard = LossGuard(
+        DEFAULTS["lets_guard_tolerance"], patience=DEFAULTS["lets_guard_patience"], threshold=threshold, prior=prior
+    )
+    return [(i, trip) for i, x in enumerate(losses) if (trip := guard.update(x))]
+
+
+def first_trip(run, threshold):
+    return next(iter(trips(run["train_loss"], threshold, run["prior_loss"])), None)
 
 
 def test_the_default_guard_sees_every_recorded_run_that_did_not_learn_and_no_run_that_did():
@@ -90,15 +97,52 @@ def test_the_default_guard_sees_every_recorded_run_that_did_not_learn_and_no_run
     """
     runs = json.loads(HISTORIES.read_text())
     threshold = DEFAULTS["lets_guard_threshold"]
-    trips = {name: first_trip(run["train_loss"], threshold) for name, run in runs["not_learning"].items()}
-    assert trips == {
+    seen = {name: first_trip(run, threshold) for name, run in runs["not_learning"].items()}
+    assert seen == {
         "sst2_noise20_lets-0.1_seed0": (10, "stalled"),
         "sst2_noise20_lets-0.1_seed1": (10, "stalled"),
         "cola_short_lets-0.05-gap_seed1": (17, "stalled"),
         "cola_short_lets-0.05-gap_seed2": (21, "stalled"),
     }
     assert len(runs["learning"]) == 19
-    assert {name: first_trip(run["train_loss"], threshold) for name, run in runs["learning"].items()} == dict.fromkeys(
+    assert {name: first_trip(run, threshold) for name, run in runs["learning"].items()} == dict.fromkeys(
         runs["learning"]
     )
-    assert all(first_trip(run["train_loss"], 0.0) is None for run in runs["not_learning"].values())
+    assert all(first_trip(run, 0.0) is None for run in runs["not_learning"].values())
+
+
+def test_the_guard_leaves_the_plateau_of_a_model_that_has_learned_alone():
+    """Full CoLA (723 steps, 72 hyper-steps), a run that learned (MCC 0.288). Its loss sat at the label prior's level
+    through the end of epoch 1 (AdamW's and SAM's runs of the same seed do the same), and then in epoch 3 on a plateau
+    27% below it, where nothing else was to be learned from one more pass. Without the prior the guard called both
+    stalls and cut rho a decade each time (the first record of this run: 0.0068 -> 0.00068 -> the floor); with it,
+    only the first."""
+    run = json.loads(HISTORIES.read_text())["plateau"]["sweep_full_CoLA_lets-0.01_seed0"]
+    threshold = DEFAULTS["lets_guard_threshold"]
+    assert trips(run["train_loss"], threshold, None) == [(23, "stalled"), (68, "stalled")]
+    assert trips(run["train_loss"], threshold, run["prior_loss"]) == [(23, "stalled")]
+
+
+def test_the_trainer_gives_the_guard_the_loss_of_predicting_the_label_prior(base_args):
+    args = LETSTrainingArguments(**dict(base_args, lets_guard_tolerance=0.2), sam_rho=0.05, max_steps=1)
+    data = rule_data(320)
+    share = sum(int(x["labels"]) for x in data) / len(data)  # the carve is stratified: the same share after it
+    entropy = -(share * math.log(share) + (1 - share) * math.log(1 - share))
+    trainer = LETSTrainer(model=tiny_bert(), args=args, train_dataset=data)
+    assert trainer.guard.prior == pytest.approx(entropy, abs=2e-3)
+    regression = LETSTrainer(model=tiny_bert(num_labels=1), args=args, train_dataset=regression_labels(data))
+    assert regression.guard.prior == pytest.approx(share * (1 - share), abs=2e-3)  # 0/1 scores: variance p (1 - p)
+
+    class OwnLoss(LETSTrainer):
+        def compute_loss(self, model, inputs, **kwargs):
+            return super().compute_loss(model, inputs, **kwargs)
+
+    assert OwnLoss(model=tiny_bert(), args=args, train_dataset=data).guard.prior is None  # its level is unknown
+    smoothed = LETSTrainingArguments(
+        **dict(base_args, lets_guard_tolerance=0.2), sam_rho=0.05, max_steps=1, label_smoothing_factor=0.1
+    )
+    assert LETSTrainer(model=tiny_bert(), args=smoothed, train_dataset=data).guard.prior is None
+
+
+def regression_labels(data):
+    return [dict(x, labels=x["labels"].float()) for x in data]

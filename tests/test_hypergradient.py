@@ -10,6 +10,7 @@ from toy import LR, LinearRegressor, loss_fn, regression_data, sam_sgd_step
 from lets_hf import LETSTrainer, LETSTrainingArguments, RadiusState, radius_step
 from lets_hf.hypergradient import (
     LossGuard,
+    constant_predictor_loss,
     fisher_curvature,
     guarded_log_rho,
     hessian_vector_product,
@@ -167,6 +168,35 @@ def test_loss_guard_trips_on_a_model_that_does_not_learn_and_again_while_it_does
     assert not any(flat.update(0.6) for _ in range(50))
 
 
+def test_a_plateau_well_below_the_label_prior_is_not_a_stall():
+    """A model that has learned also plateaus (within an epoch, late in a schedule): not a model that is not learning.
+    With the prior's loss known, a stall needs the loss at it (no more than 5% below)."""
+    plateau = [0.69, 0.45, 0.449, 0.45, 0.448, 0.449, 0.45, 0.449]
+    learned = LossGuard(tolerance=0.2, patience=3, threshold=0.01, prior=0.61, beta=0.0)
+    assert not any(learned.update(x) for x in plateau)
+    blind = LossGuard(tolerance=0.2, patience=3, threshold=0.01, beta=0.0)  # no prior: any plateau counts
+    assert [blind.update(x) for x in plateau][4] == "stalled"
+    at_prior = LossGuard(tolerance=0.2, patience=3, threshold=0.01, prior=0.61, beta=0.0)
+    # 0.585 is 4.1% below the prior: at it; the same stall as without a prior.
+    assert [at_prior.update(x) for x in [0.69, 0.59, 0.587, 0.586, 0.585]] == [None, None, None, None, "stalled"]
+    # Still counting while below the margin: a loss that climbs back to the prior without progress trips at once.
+    late = LossGuard(tolerance=0.2, patience=3, threshold=0.01, prior=0.61, beta=0.0)
+    assert [late.update(x) for x in [0.69, 0.55, 0.56, 0.56, 0.56, 0.59]] == [None] * 5 + ["stalled"]
+
+
+def test_constant_predictor_loss_is_the_label_entropy_or_the_label_variance():
+    labels = torch.tensor([0, 0, 0, 1, -100])  # the ignore index does not count
+    entropy = -(0.75 * math.log(0.75) + 0.25 * math.log(0.25))
+    assert constant_predictor_loss(labels, regression=False) == pytest.approx(entropy)
+    assert constant_predictor_loss(torch.tensor([2, 2, 2]), regression=False) == 0.0  # one class: nothing to learn
+    scores = torch.tensor([0.0, 1.0, 2.0, 5.0])
+    assert constant_predictor_loss(scores, regression=True) == pytest.approx(float(((scores - 2.0) ** 2).mean()))
+    # It is the loss the heads compute for the constant prediction that minimises it.
+    logits = torch.tensor([math.log(0.75), math.log(0.25)]).expand(4, 2)
+    ce = torch.nn.functional.cross_entropy(logits, labels[:4])
+    assert constant_predictor_loss(labels, regression=False) == pytest.approx(float(ce))
+
+
 def test_a_trip_sends_rho_back_to_sam_rho_after_a_rise_and_a_decade_lower_after_a_stall():
     def to(rho, trip, sam_rho=0.1, rho_min=0.001):
         return math.exp(guarded_log_rho(math.log(rho), trip, sam_rho, rho_min))
@@ -183,6 +213,7 @@ def test_loss_guard_state_loads_from_a_checkpoint_of_the_previous_format():
     assert LossGuard.from_dict(guard.to_dict()) == guard
     old = {"tolerance": 0.2, "patience": 10, "beta": 0.9, "ema": 0.6, "best": 0.6, "since_best": 12, "tripped": True}
     assert LossGuard.from_dict(old).reason == "stalled" and LossGuard.from_dict(old).threshold == 0.0
+    assert LossGuard.from_dict(old).prior is None  # a checkpoint before the prior: the trainer supplies it
 
 
 def test_radius_lr_gives_every_run_the_same_reach():
