@@ -3,14 +3,14 @@ resumable loader over it."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler, Subset
 
-__all__ = ["EpochPermutationSampler", "HeldoutStream", "dataset_labels", "split_heldout"]
+__all__ = ["EpochPermutationSampler", "HeldoutStream", "label_values", "split_heldout"]
 
 _REGRESSION_BINS = 5  # strata for a float target (STS-B): quantile bins
 
@@ -49,26 +49,26 @@ def split_heldout(dataset: Any, fraction: float, seed: int) -> tuple[Any, Any, n
     return _select(dataset, train), _select(dataset, heldout), train, heldout
 
 
-def dataset_labels(dataset: Any) -> Sequence | None:
-    """The ``labels`` (or ``label``) column of a `datasets.Dataset`, or that key of every dict example; None when
-    the examples carry no labels there."""
+def label_values(dataset: Any) -> np.ndarray | None:
+    """The ``labels`` (or ``label``) of every example as floats (a vector label: its first value), from a
+    `datasets.Dataset` column or that key of every dict example; None when the examples carry no labels there."""
     columns = getattr(dataset, "column_names", None)
     if columns is not None:  # datasets.Dataset: read the column, no decoding of the rest
         name = next((c for c in ("labels", "label") if c in columns), None)
-        return dataset[name] if name else None
-    first = dataset[0]
-    if isinstance(first, dict):
-        name = next((c for c in ("labels", "label") if c in first), None)
-        if name:
-            return [dataset[i][name] for i in range(len(dataset))]
-    return None
+        labels = dataset[name] if name else None
+    else:
+        first = dataset[0]
+        name = next((c for c in ("labels", "label") if c in first), None) if isinstance(first, dict) else None
+        labels = [dataset[i][name] for i in range(len(dataset))] if name else None
+    if labels is None:
+        return None
+    return np.asarray([float(torch.as_tensor(v).reshape(-1)[0]) for v in labels])
 
 
 def _strata(dataset: Any) -> list[np.ndarray]:
-    labels = dataset_labels(dataset)
-    if labels is None:
+    y = label_values(dataset)
+    if y is None:
         return [np.arange(len(dataset))]
-    y = np.asarray([float(torch.as_tensor(v).reshape(-1)[0]) for v in labels])
     if np.all(y == np.round(y)) and len(np.unique(y)) <= 100:
         keys = y
     else:  # regression target: quantile bins

@@ -25,7 +25,7 @@ from torch import nn
 from transformers import Trainer
 
 from .checkpoint import LETS_STATE_NAME, load_lets_state, save_lets_state
-from .heldout import EpochPermutationSampler, HeldoutStream, dataset_labels, split_heldout
+from .heldout import EpochPermutationSampler, HeldoutStream, label_values, split_heldout
 from .hypergradient import (
     LossGuard,
     RadiusState,
@@ -133,11 +133,10 @@ class LETSTrainer(Trainer):
             or len(self.train_dataset) == 0
         ):
             return None
-        labels = dataset_labels(self.train_dataset)
+        labels = label_values(self.train_dataset)
         if labels is None:
             return None
-        labels = torch.as_tensor([float(torch.as_tensor(y).reshape(-1)[0]) for y in labels])
-        return constant_predictor_loss(labels, regression=problem == "regression" or num_labels == 1)
+        return constant_predictor_loss(torch.from_numpy(labels), regression=problem == "regression" or num_labels == 1)
 
     def _reset_lets_state(self) -> None:
         """The radius back to ``sam_rho`` and no hyper-step in flight: a new ``train()`` starts afresh (a resume
