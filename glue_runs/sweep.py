@@ -272,6 +272,17 @@ def render_details(config: dict, records: dict) -> str:
     return re.sub(r"\n{3,}", "\n\n", "\n".join(out))  # one blank line between tasks, whatever a block held
 
 
+def grid_radii(records: dict, task: str) -> dict[float, list[str]]:
+    """The fixed radii of a task's finished runs, each with the methods that ran at it (SAM's and ASAM's radii are
+    on different scales, so the plot names the method beside each dashed line, not just the number)."""
+    grid: dict[float, set[str]] = {}
+    for (t, method, _), r in records.items():
+        rho = r["settings"].get("sam_rho")
+        if t == task and not r["lets"] and rho is not None and r["settings"].get("sam_variant", "sam") != "none":
+            grid.setdefault(rho, set()).add(method)
+    return {rho: sorted(grid[rho]) for rho in sorted(grid)}
+
+
 def render_plot(config: dict, records: dict, path: str) -> None:
     import matplotlib
 
@@ -298,10 +309,9 @@ def render_plot(config: dict, records: dict, path: str) -> None:
                 label = None if m in labelled else m
                 labelled.add(m)
                 ax_rho.plot((0,) + steps, (start,) + rhos, lw=1, color=color, label=label)
-        fixed = {r["settings"].get("sam_rho") for (t, _, _), r in records.items() if t == task and not r["lets"]}
-        for rho in sorted(fixed - {None}) if ax_rho.lines else []:  # the grid's radii, to read learned ones against
+        for rho, names in grid_radii(records, task).items() if ax_rho.lines else []:  # to read learned radii against
             ax_rho.axhline(rho, color="gray", lw=0.6, ls="--")
-            ax_rho.annotate(f"fixed {rho:g}", (0, rho), fontsize=6, color="gray", va="bottom")
+            ax_rho.annotate(", ".join(names), (0, rho), fontsize=6, color="gray", va="bottom")
         ax_rho.set_xlabel("optimizer step")
         ax_rho.set_ylabel("rho (LETS runs; dashed: fixed radii)")
         if ax_rho.lines:

@@ -142,3 +142,24 @@ def test_details_give_per_seed_values_costs_and_the_two_sd_rule():
     assert "lets vs the best fixed radius of its variant (sam-a): +0.000 (two sd: 0.028): **not a difference**" in text
     assert "lets vs plain AdamW (adamw): +0.040 (two sd: 0.028): **better**" in text
     assert "Machine time of the finished runs (8): 0.6 h wall, 1.0 CPU hours (the 6 runs that recorded it)." in text
+
+
+def test_plot_names_the_methods_at_each_fixed_radius():
+    """The dashed lines the learned radii are read against: each fixed radius once, with the methods that ran at it
+    (SAM 0.1 and ASAM 0.1 are different perturbations), and nothing for AdamW or LETS runs or other tasks."""
+    from glue_runs.sweep import grid_radii
+
+    def record(rho, variant="sam", lets=False):
+        return {"lets": lets, "settings": {"sam_rho": rho, "sam_variant": variant}}
+
+    records = {
+        ("CoLA", "adamw", 0): record(None, "none"),
+        ("CoLA", "sam-0.05", 0): record(0.05),
+        ("CoLA", "sam-0.05", 1): record(0.05),
+        ("CoLA", "sam-0.1", 0): record(0.1),
+        ("CoLA", "asam-0.1", 0): record(0.1, "asam"),
+        ("CoLA", "lets-0.2", 0): record(0.2, lets=True),
+        ("MRPC", "sam-0.002", 0): record(0.002),
+    }
+    assert grid_radii(records, "CoLA") == {0.05: ["sam-0.05"], 0.1: ["asam-0.1", "sam-0.1"]}
+    assert grid_radii(records, "STS-B") == {}
