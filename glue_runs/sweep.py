@@ -351,7 +351,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--render-only", action="store_true", help="only redraw the table and plot")
     opts = parser.parse_args(argv)
     config = load_config(opts.config)
-    command = "python -m glue_runs.sweep " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = f"python -m glue_runs.sweep {opts.config}"  # what produces the table: not --max-runs/--render-only
     done, new = finished(config["results"]), 0
     check_settings(config, done)
     for task, method, seed in [] if opts.render_only else plan(config):

@@ -53,6 +53,7 @@ def records(config):
 def test_sweep_runs_resumes_and_renders(tmp_path, glue_dir, tiny_roberta):
     path, config = write_config(tmp_path, glue_dir, tiny_roberta)
     main([path, "--max-runs", "3"])  # one sitting: 3 of the 4 runs
+    assert f"3 of 4 runs finished. Command: `python -m glue_runs.sweep {path}`" in (tmp_path / "page.md").read_text()
     first = records(config)
     assert [(r["method"], r["seed"]) for r in first] == [("adamw", 0), ("lets-sam", 0), ("adamw", 1)]
     assert all(r["metric"] == "accuracy" and 0 <= r["value"] <= 1 for r in first)
