@@ -1,0 +1,128 @@
+"""How much direction the radius hypergradient carries: signal-to-noise per run, from `lets_history.csv` files.
+
+LETS moves log rho with Adam on one held-out batch's hypergradient per hyper-step. Whether that can take rho across
+its 100-fold range depends on how consistent the hypergradient's sign is, which this measures for every LETS run
+under a folder (a sweep's output root)::
+
+    python -m glue_runs.hypergradient_stats runs/sweep_full
+
+Per run: the hyper-steps counted, how many pointed down (a positive dF/drho shrinks rho), the per-step
+signal-to-noise mean/sd, the run's mean in standard errors (|t| < 2: the whole run's hypergradients do not agree on a
+direction), the same test on signs alone, (down - up)/sqrt(n), which the hypergradient's falling scale over a run and
+its heavy tails do not distort, the largest value over the median size, and the held-out batches a hyper-step would
+need for a signal-to-noise of 1 if batch noise were independent and the run stationary, (sd/mean)^2: a rough scale
+for averaging more batches, not a promise. Pure Python: no torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import os
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+__all__ = ["HypergradientStats", "find_histories", "main", "read_hypergradients", "render", "summarize"]
+
+
+@dataclass(frozen=True)
+class HypergradientStats:
+    """Summary of one run's hypergradients (see the module docstring for what each number means)."""
+
+    n: int
+    positive: int
+    mean: float
+    sd: float
+    max_over_median: float
+
+    @property
+    def snr(self) -> float:
+        """Per-hyper-step signal-to-noise, mean/sd: the direction one held-out batch gives, in units of its noise."""
+        return self.mean / self.sd
+
+    @property
+    def t(self) -> float:
+        """The run's mean in standard errors, mean / (sd / sqrt(n))."""
+        return self.snr * math.sqrt(self.n)
+
+    @property
+    def sign_z(self) -> float:
+        """Signs alone: (pointing down - pointing up) / sqrt(n), a standard normal if signs were coin tosses."""
+        return (2 * self.positive - self.n) / math.sqrt(self.n)
+
+    @property
+    def batches_for_snr_1(self) -> float:
+        """Held-out batches per hyper-step for mean/sd = 1, if batch noise were independent: (sd/mean)^2."""
+        return (self.sd / self.mean) ** 2 if self.mean else math.inf
+
+
+def summarize(values: Sequence[float]) -> HypergradientStats:
+    """Summarise hypergradients; exact zeros (a step the optimizer did not move, as warm-up's first) are dropped."""
+    values = [v for v in values if v != 0.0]
+    if len(values) < 2:
+        raise ValueError(f"need at least two non-zero hypergradients to summarise, got {len(values)}")
+    median = statistics.median(abs(v) for v in values)
+    return HypergradientStats(
+        n=len(values),
+        positive=sum(v > 0 for v in values),
+        mean=statistics.fmean(values),
+        sd=statistics.stdev(values),
+        max_over_median=max(abs(v) for v in values) / median if median else math.inf,
+    )
+
+
+def read_hypergradients(path: str) -> list[float]:
+    """The `hypergradient` column of a run's lets_history.csv, as floats."""
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        if "hypergradient" not in (reader.fieldnames or ()):
+            raise ValueError(f"{path} has no 'hypergradient' column: is it a lets_history.csv written by lets-glue?")
+        return [float(row["hypergradient"]) for row in reader]
+
+
+def find_histories(root: str) -> list[str]:
+    """Every lets_history.csv under root, sorted."""
+    found = sorted(
+        os.path.join(folder, "lets_history.csv") for folder, _, files in os.walk(root) if "lets_history.csv" in files
+    )
+    if not found:
+        raise FileNotFoundError(f"no lets_history.csv under {root!r}: point it at a sweep's output root (runs/...)")
+    return found
+
+
+def render(root: str) -> str:
+    """A markdown table, one row per run found under root, named by its path relative to root."""
+    lines = [
+        "| run | hyper-steps | pointing down | mean/sd per step | run mean in SEs | sign z | max/median size | "
+        "batches for SNR 1 |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for path in find_histories(root):
+        try:
+            s = summarize(read_hypergradients(path))
+        except ValueError as err:
+            raise ValueError(f"{path}: {err}") from None
+        name = os.path.relpath(os.path.dirname(path), root)
+        lines.append(
+            f"| {name} | {s.n} | {s.positive} | {s.snr:+.2f} | {s.t:+.2f} | {s.sign_z:+.2f} | "
+            f"{s.max_over_median:.0f} | {s.batches_for_snr_1:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> str:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("root", help="a folder holding runs with lets_history.csv files, e.g. runs/sweep_full")
+    args = parser.parse_args(argv)
+    try:
+        table = render(args.root)
+    except (FileNotFoundError, ValueError) as err:
+        parser.error(str(err))
+    print(table)
+    return table
+
+
+if __name__ == "__main__":
+    main()

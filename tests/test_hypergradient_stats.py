@@ -1,0 +1,57 @@
+"""The hypergradient signal-to-noise report: numbers from known values, one row per run, clear errors."""
+
+import math
+
+import pytest
+
+from glue_runs.hypergradient_stats import main, summarize
+
+HEADER = "step,rho,gap,hypergradient,train_loss,heldout_loss,guard_tripped\n"
+
+
+def write_history(path, hypergradients):
+    path.parent.mkdir(parents=True)
+    rows = [f"{2 + 10 * i},0.01,0.1,{h!r},0.5,0.6,False\n" for i, h in enumerate(hypergradients)]
+    path.write_text(HEADER + "".join(rows))
+
+
+def test_summarize_known_values():
+    s = summarize([0.0, 1.0, -1.0, 1.0, 3.0])  # the zero (warm-up's first step) is dropped
+    assert (s.n, s.positive) == (4, 3)
+    assert s.mean == pytest.approx(1.0)
+    assert s.sd == pytest.approx(math.sqrt(8 / 3))
+    assert s.snr == pytest.approx(math.sqrt(3 / 8))
+    assert s.t == pytest.approx(2 * math.sqrt(3 / 8))
+    assert s.sign_z == pytest.approx(1.0)  # (3 down - 1 up) / sqrt(4)
+    assert s.max_over_median == pytest.approx(3.0)
+    assert s.batches_for_snr_1 == pytest.approx(8 / 3)
+
+
+def test_summarize_refuses_too_few_values():
+    with pytest.raises(ValueError, match="at least two non-zero"):
+        summarize([0.0, 0.5])
+
+
+def test_main_renders_one_row_per_run(tmp_path, capsys):
+    write_history(tmp_path / "MRPC" / "lets-0.1" / "seed1" / "lets_history.csv", [0.0, 2.0, -2.0, 2.0, -2.0])
+    write_history(tmp_path / "MRPC" / "lets-0.01" / "seed0" / "lets_history.csv", [0.0, 1.0, -1.0, 1.0, 3.0])
+    (tmp_path / "MRPC" / "adamw" / "seed0").mkdir(parents=True)  # no history: not a LETS run, not listed
+    table = main([str(tmp_path)])
+    rows = table.splitlines()[2:]
+    assert rows == [
+        "| MRPC/lets-0.01/seed0 | 4 | 3 | +0.61 | +1.22 | +1.00 | 3 | 3 |",
+        "| MRPC/lets-0.1/seed1 | 4 | 2 | +0.00 | +0.00 | +0.00 | 1 | inf |",
+    ]
+    assert capsys.readouterr().out.strip() == table
+
+
+def test_main_errors_name_the_problem(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main([str(tmp_path)])
+    assert "no lets_history.csv under" in capsys.readouterr().err
+    bad = tmp_path / "RTE" / "lets" / "seed0" / "lets_history.csv"
+    bad.parent.mkdir(parents=True)
+    bad.write_text("step,rho\n2,0.01\n")
+    with pytest.raises(SystemExit):
+        main([str(tmp_path)])
+    assert f"{bad} has no 'hypergradient' column" in capsys.readouterr().err
