@@ -9,9 +9,10 @@ under a folder (a sweep's output root)::
 Per run: the hyper-steps counted, how many pointed down (a positive dF/drho shrinks rho), the per-step
 signal-to-noise mean/sd, the run's mean in standard errors (|t| < 2: the whole run's hypergradients do not agree on a
 direction), the same test on signs alone, (down - up)/sqrt(n), which the hypergradient's falling scale over a run and
-its heavy tails do not distort, the largest value over the median size, and the held-out batches a hyper-step would
-need for a signal-to-noise of 1 if batch noise were independent and the run stationary, (sd/mean)^2: a rough scale
-for averaging more batches, not a promise. Pure Python: no torch.
+its heavy tails do not distort, the largest value over the median size, and how many independent samples of such a
+hypergradient an estimate would have to average for a signal-to-noise of 1, (sd/mean)^2, if the run were stationary:
+a rough scale for any averaging scheme (more held-out batches, or the look-ahead summed over more steps), not a
+promise, since it cannot tell which source the noise comes from. Pure Python: no torch.
 """
 
 from __future__ import annotations
@@ -53,8 +54,8 @@ class HypergradientStats:
         return (2 * self.positive - self.n) / math.sqrt(self.n)
 
     @property
-    def batches_for_snr_1(self) -> float:
-        """Held-out batches per hyper-step for mean/sd = 1, if batch noise were independent: (sd/mean)^2."""
+    def samples_for_snr_1(self) -> float:
+        """Independent samples to average for mean/sd = 1, (sd/mean)^2: infinite when the mean is zero."""
         return (self.sd / self.mean) ** 2 if self.mean else math.inf
 
 
@@ -96,7 +97,7 @@ def render(root: str) -> str:
     """A markdown table, one row per run found under root, named by its path relative to root."""
     lines = [
         "| run | hyper-steps | pointing down | mean/sd per step | run mean in SEs | sign z | max/median size | "
-        "batches for SNR 1 |",
+        "samples for SNR 1 |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for path in find_histories(root):
@@ -107,7 +108,7 @@ def render(root: str) -> str:
         name = os.path.relpath(os.path.dirname(path), root)
         lines.append(
             f"| {name} | {s.n} | {s.positive} | {s.snr:+.2f} | {s.t:+.2f} | {s.sign_z:+.2f} | "
-            f"{s.max_over_median:.0f} | {s.batches_for_snr_1:.0f} |"
+            f"{s.max_over_median:.0f} | {s.samples_for_snr_1:.0f} |"
         )
     return "\n".join(lines)
 

@@ -24,7 +24,7 @@ def test_summarize_known_values():
     assert s.t == pytest.approx(2 * math.sqrt(3 / 8))
     assert s.sign_z == pytest.approx(1.0)  # (3 down - 1 up) / sqrt(4)
     assert s.max_over_median == pytest.approx(3.0)
-    assert s.batches_for_snr_1 == pytest.approx(8 / 3)
+    assert s.samples_for_snr_1 == pytest.approx(8 / 3)
 
 
 def test_summarize_refuses_too_few_values():
