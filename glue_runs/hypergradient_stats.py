@@ -40,7 +40,7 @@ class HypergradientStats:
 
     @property
     def snr(self) -> float:
-        """Per-hyper-step signal-to-noise, mean/sd: the direction one held-out batch gives, in units of its noise."""
+        """Per-hyper-step signal-to-noise, mean/sd: the direction one hyper-step gives, in units of its noise."""
         return self.mean / self.sd
 
     @property
@@ -75,11 +75,11 @@ def summarize(values: Sequence[float]) -> HypergradientStats:
 
 
 def read_hypergradients(path: str) -> list[float]:
-    """The `hypergradient` column of a run's lets_history.csv, as floats."""
+    """The `hypergradient` column of a run's lets_history.csv, as floats; the caller names the file in errors."""
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
         if "hypergradient" not in (reader.fieldnames or ()):
-            raise ValueError(f"{path} has no 'hypergradient' column: is it a lets_history.csv written by lets-glue?")
+            raise ValueError("no 'hypergradient' column: is it a lets_history.csv written by lets-glue?")
         return [float(row["hypergradient"]) for row in reader]
 
 

@@ -5,14 +5,15 @@ import math
 import pytest
 
 from glue_runs.hypergradient_stats import main, summarize
-
-HEADER = "step,rho,gap,hypergradient,train_loss,heldout_loss,guard_tripped\n"
+from glue_runs.report import write_history_csv
 
 
 def write_history(path, hypergradients):
+    """A lets_history.csv as lets-glue writes it, so the reader is tested against the real writer."""
     path.parent.mkdir(parents=True)
-    rows = [f"{2 + 10 * i},0.01,0.1,{h!r},0.5,0.6,False\n" for i, h in enumerate(hypergradients)]
-    path.write_text(HEADER + "".join(rows))
+    row = {"rho": 0.01, "gap": 0.1, "train_loss": 0.5, "heldout_loss": 0.6, "guard_tripped": False}
+    rows = [{**row, "step": 2 + 10 * i, "hypergradient": h} for i, h in enumerate(hypergradients)]
+    write_history_csv(rows, str(path))
 
 
 def test_summarize_known_values():
@@ -54,4 +55,4 @@ def test_main_errors_name_the_problem(tmp_path, capsys):
     bad.write_text("step,rho\n2,0.01\n")
     with pytest.raises(SystemExit):
         main([str(tmp_path)])
-    assert f"{bad} has no 'hypergradient' column" in capsys.readouterr().err
+    assert f"error: {bad}: no 'hypergradient' column" in capsys.readouterr().err
