@@ -133,10 +133,11 @@ class LETSTrainingArguments(TrainingArguments):
         default=10,
         metadata={
             "help": "Loss guard: hyper-steps without progress of the training-loss EMA (a fall of "
-            "lets_guard_threshold below its best) with the loss at the level of predicting the label prior (when "
-            "the labels and the loss are known: within 5% below it) count as a model that is not learning; rho is "
-            "then cut to a tenth of at most sam_rho (never below lets_rho_min), again after every further such "
-            "window, and may not grow until the loss improves. None: only a rising loss trips the guard."
+            "lets_guard_threshold below its best) with the loss at the level of predicting the label prior "
+            "(when the labels and the loss are known: within 5 percent below it) count as a model that is not "
+            "learning; rho is then cut to a tenth of at most sam_rho (never below lets_rho_min), again after "
+            "every further such window, and may not grow until the loss improves. None: only a rising loss trips the "
+            "guard."
         },
     )
     lets_guard_threshold: float = field(
@@ -144,7 +145,7 @@ class LETSTrainingArguments(TrainingArguments):
         metadata={
             "help": "Loss guard: the relative fall of the training-loss EMA below its best that counts as progress "
             "(as EarlyStoppingCallback's early_stopping_threshold, but relative): a loss sitting still sets a new "
-            "lowest value now and then by a hair, never by 1%."
+            "lowest value now and then by a hair, never by 1 percent."
         },
     )
 

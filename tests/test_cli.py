@@ -250,3 +250,12 @@ def test_console_script_and_module_entry_points(tmp_path):
             timeout=120,
         )
         assert proc.returncode == 2 and "lets-glue: error: Unknown GLUE task 'QQQ'" in proc.stderr
+
+
+def test_help_exits_0_and_lists_the_lets_options():
+    exe = os.path.join(os.path.dirname(sys.executable), "lets-glue")
+    proc = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    for flag in ("--task_name", "--sam_rho", "--lets_interval", "--lets_guard_patience", "--lets_guard_threshold"):
+        assert flag in proc.stdout
+    assert "within 5 percent below it" in proc.stdout

@@ -1,5 +1,6 @@
 """LETSTrainingArguments: validation messages name the field and the fix; every field is a documented CLI flag."""
 
+import argparse
 import dataclasses
 
 import pytest
@@ -87,3 +88,29 @@ def test_every_field_is_a_cli_flag_with_help(tmp_path):
         "fisher",
     )
     assert args.lets_rho_min == 0.005 and args.lets_rho_max == 1.0
+
+
+def _argument_dataclasses():
+    from glue_runs.run_glue import DataArguments, ModelArguments
+
+    return [LETSTrainingArguments, ModelArguments, DataArguments]
+
+
+@pytest.mark.parametrize("cls", _argument_dataclasses(), ids=lambda c: c.__name__)
+def test_every_help_string_survives_argparse_formatting(cls):
+    """argparse %-formats each help string (``help % vars(action)``, argparse's ``_expand_help``); a bare ``%`` in
+    a help text makes ``--help`` crash for every script that parses these dataclasses."""
+    parser = HfArgumentParser(cls)
+    broken = []
+    for action in parser._actions:
+        if not action.help:
+            continue
+        params = {k: v for k, v in vars(action).items() if v is not argparse.SUPPRESS}
+        if params.get("choices") is not None:
+            params["choices"] = ", ".join(map(str, params["choices"]))
+        try:
+            action.help % dict(params, prog=parser.prog)
+        except (ValueError, TypeError, KeyError) as e:
+            broken.append(f"{action.dest}: {e}")
+    assert not broken, broken
+    assert "--" in parser.format_help()
