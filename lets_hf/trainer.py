@@ -97,9 +97,14 @@ class LETSTrainer(Trainer):
                 train_dataset, args.lets_heldout_fraction, args.seed
             )
             self.lets_split = {"train_indices": train_idx.tolist(), "heldout_indices": heldout_idx.tolist()}
-            logger.info(
-                "LETS held-out split: %d examples carved off the training set, %d left to train on.",
+            logger.warning(
+                "LETS carved %d of the %d training examples off train_dataset (lets_heldout_fraction=%g) as held-out "
+                "data for the radius: training runs on the other %d, and len(trainer.train_dataset) is %d. The "
+                "indices are in trainer.lets_split; pass lets_dataset=... to train on the whole set.",
                 len(heldout_idx),
+                len(train_idx) + len(heldout_idx),
+                args.lets_heldout_fraction,
+                len(train_idx),
                 len(train_idx),
             )
         elif lets_dataset is not None and not args.lets:

@@ -1,6 +1,7 @@
 """LETSTrainer against hand references and the stock Trainer: the SAM step, plain-training equivalence, cost,
 accumulation, compute_loss overrides, frozen parameters, bf16, resume, logging, refused backends."""
 
+import logging
 import math
 
 import pytest
@@ -199,6 +200,21 @@ def test_heldout_split_is_disjoint_and_stratified(base_args):
         assert sum(int(data[i]["labels"]) == label for i in held) == round(0.25 * n)
     again = LETSTrainer(model=tiny_bert(), args=args, train_dataset=data)
     assert again.lets_split == trainer.lets_split  # reproducible from the seed
+
+
+def test_the_carve_is_announced_at_warning_level(base_args, caplog):
+    """A user's usual logging setup hides INFO: losing 10% of the training set must be said as a warning."""
+    args = LETSTrainingArguments(**base_args, lets_heldout_fraction=0.25)
+    with caplog.at_level(logging.WARNING, logger="lets_hf"):
+        LETSTrainer(model=tiny_bert(), args=args, train_dataset=token_data(200))
+    carve = [r.getMessage() for r in caplog.records if "carved" in r.getMessage()]
+    assert len(carve) == 1 and all(r.levelno == logging.WARNING for r in caplog.records if "carved" in r.getMessage())
+    for part in ("carved 50 of the 200", "lets_heldout_fraction=0.25", "other 150", "lets_split", "lets_dataset="):
+        assert part in carve[0]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="lets_hf"):
+        LETSTrainer(model=tiny_bert(), args=args, train_dataset=token_data(200), lets_dataset=token_data(20))
+    assert not [r for r in caplog.records if "carved" in r.getMessage()]  # nothing carved, nothing said
 
 
 def test_training_logs_carry_rho_gap_and_hypergradient(base_args):
