@@ -38,8 +38,11 @@ def save_lets_state(folder: str, state: dict, curvature: list[torch.Tensor] | No
     atomic_write(os.path.join(folder, LETS_STATE_NAME), lambda path: _write_json(state, path))
 
 
-def load_lets_state(folder: str, device: str) -> tuple[dict, list[torch.Tensor] | None] | None:
-    """``(state, curvature or None)`` from ``folder``, or None when it holds no LETS state."""
+def load_lets_state(folder: str, device: torch.device) -> tuple[dict, list[torch.Tensor] | None] | None:
+    """``(state, curvature or None)`` from ``folder``, or None when it holds no LETS state.
+
+    The tensors are read on the CPU and then moved: safetensors rejects an indexed CPU device (``cpu:1``), which is
+    what ``TrainingArguments.device`` is on a CPU DDP rank."""
     path = os.path.join(folder, LETS_STATE_NAME)
     if not os.path.isfile(path):
         return None
@@ -47,8 +50,8 @@ def load_lets_state(folder: str, device: str) -> tuple[dict, list[torch.Tensor] 
         state = json.load(f)
     curvature = None
     if state.get("pending") is not None:
-        tensors = load_file(os.path.join(folder, LETS_CURVATURE_NAME), device=device)
-        curvature = [tensors[f"u.{i}"] for i in range(len(tensors))]
+        tensors = load_file(os.path.join(folder, LETS_CURVATURE_NAME))
+        curvature = [tensors[f"u.{i}"].to(device) for i in range(len(tensors))]
     return state, curvature
 
 

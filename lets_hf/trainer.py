@@ -451,7 +451,7 @@ class LETSTrainer(Trainer):
         super()._load_optimizer_and_scheduler(checkpoint)
         if self.direction is None or checkpoint is None:
             return
-        loaded = load_lets_state(checkpoint, device=str(self.args.device))
+        loaded = load_lets_state(checkpoint, device=self.args.device)
         if loaded is None:
             logger.warning("%s has no %s: the radius restarts from sam_rho.", checkpoint, LETS_STATE_NAME)
             return

@@ -1,5 +1,6 @@
 """Re-running a killed `lets-glue` command resumes it: real processes, killed with SIGKILL after a checkpoint and
-while writing one; the resumed run must equal an uninterrupted one (weights, rho, lets_history.csv)."""
+while writing one, as one process and as two `torchrun` ranks; the resumed run must equal an uninterrupted one
+(weights, rho, lets_history.csv)."""
 
 import csv
 import json
@@ -15,12 +16,15 @@ from test_cli import glue_argv
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "kill_worker.py")
 
 
-def lets_glue(mode, step, argv):
-    """Run the command in a fresh process (one thread, so runs are comparable); returns (exit code, its log)."""
+PYTHON = [sys.executable]
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+
+
+def lets_glue(mode, step, argv, launcher=PYTHON):
+    """Run the command in fresh processes (one thread each, so runs are comparable); returns (exit code, its log)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.run(
-        [sys.executable, WORKER, mode, str(step), "--", *argv], capture_output=True, text=True, env=env, timeout=600
-    )
+    cmd = [*launcher, WORKER, mode, str(step), "--", *argv]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     return proc.returncode, proc.stdout + proc.stderr
 
 
@@ -88,3 +92,20 @@ def test_overwrite_output_dir_starts_afresh(tmp_path, tiny_roberta, glue_dir, re
     code, log = lets_glue("none", 0, command(tiny_roberta, glue_dir, out, "--overwrite_output_dir", "true"))
     assert code == 0 and "Resuming" not in log and "removed 2 checkpoint(s) of the earlier run" in log, log[-3000:]
     assert_same_run(outcome(out), reference)
+
+
+def test_a_killed_two_rank_run_resumes_when_the_same_command_is_run_again(tmp_path, tiny_roberta, glue_dir):
+    """Both torchrun ranks (CPU, gloo) are killed once checkpoint-2 is complete; the same command resumes both."""
+    argv = lambda out: command(tiny_roberta, glue_dir, out)  # noqa: E731
+    code, log = lets_glue("none", 0, argv(tmp_path / "ref"), TORCHRUN)
+    assert code == 0, log[-3000:]
+    with open(tmp_path / "ref" / "all_results.json") as f:  # 58 examples after the carve, global batch 2 x 8:
+        assert json.load(f)["epoch"] == 1.5  # 4 steps an epoch (one process, batch 8: 8 steps, epoch 0.75)
+    out = tmp_path / "out"
+    code, _ = lets_glue("after-save", 2, argv(out), TORCHRUN)
+    assert code != 0 and (out / "checkpoint-2" / "trainer_state.json").is_file()
+    assert not (out / "all_results.json").exists() and not (out / "checkpoint-4").exists()
+    code, log = lets_glue("none", 0, argv(out), TORCHRUN)
+    assert code == 0, log[-3000:]
+    assert f"Resuming from {out / 'checkpoint-2'}, the last checkpoint in output_dir" in log
+    assert_same_run(outcome(out), outcome(tmp_path / "ref"))
