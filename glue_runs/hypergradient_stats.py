@@ -4,7 +4,8 @@ LETS moves log rho with Adam on one held-out batch's hypergradient per hyper-ste
 its 100-fold range depends on how consistent the hypergradient's sign is, which this measures for every LETS run
 under a folder (a sweep's output root)::
 
-    python -m glue_runs.hypergradient_stats runs/sweep_full
+    python -m glue_runs.hypergradient_stats runs/sweep_full                    # run folders on disk
+    python -m glue_runs.hypergradient_stats docs/results/sweep_full.jsonl      # committed sweep records
 
 Per run: the hyper-steps counted, how many pointed down (a positive dF/drho shrinks rho), the per-step
 signal-to-noise mean/sd, the run's mean in standard errors (|t| < 2: the whole run's hypergradients do not agree on a
@@ -19,13 +20,22 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import math
 import os
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-__all__ = ["HypergradientStats", "find_histories", "main", "read_hypergradients", "render", "summarize"]
+__all__ = [
+    "HypergradientStats",
+    "find_histories",
+    "main",
+    "read_hypergradients",
+    "read_records",
+    "render",
+    "summarize",
+]
 
 
 @dataclass(frozen=True)
@@ -93,19 +103,46 @@ def find_histories(root: str) -> list[str]:
     return found
 
 
-def render(root: str) -> str:
-    """A markdown table, one row per run found under root, named by its path relative to root."""
+def read_records(path: str) -> list[tuple[str, list[float]]]:
+    """``(task/method/seedN, hypergradients)`` of every LETS record in a sweep's results JSONL that kept its
+    per-hyper-step history (``lets_history``; records made before it was kept have none and are left out)."""
+    runs = []
+    with open(path) as f:
+        for line in f:
+            record = json.loads(line) if line.strip() else {}
+            if record.get("lets_history"):
+                name = f"{record['task']}/{record['method']}/seed{record['seed']}"
+                runs.append((name, [float(h["hypergradient"]) for h in record["lets_history"]]))
+    if not runs:
+        raise ValueError(f"{path} holds no record with a lets_history (LETS runs of a sweep that keeps them)")
+    return sorted(runs)
+
+
+def _runs(source: str) -> list[tuple[str, list[float]]]:
+    if os.path.isfile(source):
+        return read_records(source)
+    runs = []
+    for path in find_histories(source):
+        try:
+            runs.append((os.path.relpath(os.path.dirname(path), source), read_hypergradients(path)))
+        except ValueError as err:
+            raise ValueError(f"{path}: {err}") from None
+    return runs
+
+
+def render(source: str) -> str:
+    """A markdown table, one row per run: the LETS records of a results JSONL, or every lets_history.csv under a
+    folder (named by its path relative to it)."""
     lines = [
         "| run | hyper-steps | pointing down | mean/sd per step | run mean in SEs | sign z | max/median size | "
         "samples for SNR 1 |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for path in find_histories(root):
+    for name, values in _runs(source):
         try:
-            s = summarize(read_hypergradients(path))
+            s = summarize(values)
         except ValueError as err:
-            raise ValueError(f"{path}: {err}") from None
-        name = os.path.relpath(os.path.dirname(path), root)
+            raise ValueError(f"{name}: {err}") from None
         lines.append(
             f"| {name} | {s.n} | {s.positive} | {s.snr:+.2f} | {s.t:+.2f} | {s.sign_z:+.2f} | "
             f"{s.max_over_median:.0f} | {s.samples_for_snr_1:.0f} |"
@@ -115,7 +152,9 @@ def render(root: str) -> str:
 
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("root", help="a folder holding runs with lets_history.csv files, e.g. runs/sweep_full")
+    parser.add_argument(
+        "root", help="a sweep's results JSONL (docs/results/...) or a folder of runs with lets_history.csv files"
+    )
     args = parser.parse_args(argv)
     try:
         table = render(args.root)

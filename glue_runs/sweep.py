@@ -108,6 +108,12 @@ def run_one(config: dict, task: str, method: str, seed: int) -> dict:
     with open(os.path.join(out, "all_results.json")) as f:
         results = json.load(f)
     metric = MAIN_METRIC.get(task, get_task(task).metrics[0])
+    curve = []  # the evaluations during training (eval_strategy "epoch" or "steps"), from the Trainer's state
+    if os.path.isfile(os.path.join(out, "trainer_state.json")):
+        with open(os.path.join(out, "trainer_state.json")) as f:
+            log = json.load(f)["log_history"]
+        curve = [{k: v for k, v in e.items() if k.startswith("eval_") or k in ("epoch", "step")} for e in log]
+        curve = [e for e in curve if f"eval_{metric}" in e]
     history = []
     if os.path.isfile(os.path.join(out, "lets_history.csv")):
         with open(os.path.join(out, "lets_history.csv")) as f:
@@ -126,12 +132,19 @@ def run_one(config: dict, task: str, method: str, seed: int) -> dict:
         "eval_samples": results.get("eval_samples"),
         "heldout": {k: v for k, v in results.get("lets_heldout", {}).items() if not k.endswith("idx")},
         "rho_trajectory": [[int(h["step"]), float(h["rho"])] for h in history],
+        "lets_history": [parse_history_row(h) for h in history],  # what hypergradient_stats reads
+        "eval_curve": curve,
         "guard_trips_at": [int(h["step"]) for h in history if h.get("guard_tripped") == "True"],
         "label_noise": {k: v for k, v in results.get("label_noise", {}).items() if not k.endswith("idx")},
         "output_dir": out,
         "all_results": {k: v for k, v in results.items() if k.startswith(("eval_", "train_"))},
         "settings": run_settings,
     }
+
+
+def parse_history_row(row: dict[str, str]) -> dict:
+    """One lets_history.csv row as numbers: ``step`` an int, ``guard_tripped`` a bool, the rest floats."""
+    return {k: int(v) if k == "step" else v == "True" if k == "guard_tripped" else float(v) for k, v in row.items()}
 
 
 def append(results_path: str, record: dict) -> None:

@@ -1,8 +1,9 @@
 """The LETS state in a checkpoint folder, beside the Trainer's own files, in JSON and safetensors (no pickle).
 
 ``lets_state.json`` holds the radius and its optimizer state, the loss guard, where the held-out loader stands,
-the last logged values and the history; ``lets_curvature.safetensors`` holds the curvature buffer ``u`` when a
-hyper-step is pending across the checkpoint. Both are written to a temporary name and renamed, *before* the
+the last logged values and the history; ``lets_curvature.safetensors`` holds the buffers in flight across the
+checkpoint: the curvature ``u`` of the step just taken (``u.<i>``) and the look-ahead ``Z`` summed so far over
+the interval (``z.<i>``). Both are written to a temporary name and renamed, *before* the
 Trainer's own files, so that the Trainer's last file, ``trainer_state.json``, marks a complete checkpoint
 (`last_complete_checkpoint`).
 """
@@ -30,16 +31,20 @@ LETS_STATE_NAME = "lets_state.json"
 LETS_CURVATURE_NAME = "lets_curvature.safetensors"
 
 
-def save_lets_state(folder: str, state: dict, curvature: list[torch.Tensor] | None) -> None:
-    """Write ``state`` (JSON-serialisable) and, if given, the curvature buffer into ``folder``."""
-    if curvature is not None:
-        tensors = {f"u.{i}": t.contiguous() for i, t in enumerate(curvature)}
-        atomic_write(os.path.join(folder, LETS_CURVATURE_NAME), lambda path: save_file(tensors, path))
-    atomic_write(os.path.join(folder, LETS_STATE_NAME), lambda path: _write_json(state, path))
+def save_lets_state(folder: str, state: dict, buffers: dict[str, list[torch.Tensor]]) -> None:
+    """Write ``state`` (JSON-serialisable) and the named tensor lists in ``buffers`` (``u``, ``z``) into ``folder``."""
+    path = os.path.join(folder, LETS_CURVATURE_NAME)
+    if buffers:
+        tensors = {f"{name}.{i}": t.contiguous() for name, ts in buffers.items() for i, t in enumerate(ts)}
+        atomic_write(path, lambda tmp: save_file(tensors, tmp))
+    elif os.path.exists(path):
+        os.remove(path)
+    atomic_write(os.path.join(folder, LETS_STATE_NAME), lambda tmp: _write_json(state, tmp))
 
 
-def load_lets_state(folder: str, device: torch.device) -> tuple[dict, list[torch.Tensor] | None] | None:
-    """``(state, curvature or None)`` from ``folder``, or None when it holds no LETS state.
+def load_lets_state(folder: str, device: torch.device) -> tuple[dict, dict[str, list[torch.Tensor]]] | None:
+    """``(state, buffers)`` from ``folder`` (``buffers`` maps ``u``/``z`` to tensor lists; empty when there were
+    none), or None when it holds no LETS state.
 
     The tensors are read on the CPU and then moved: safetensors rejects an indexed CPU device (``cpu:1``), which is
     what ``TrainingArguments.device`` is on a CPU DDP rank."""
@@ -48,11 +53,13 @@ def load_lets_state(folder: str, device: torch.device) -> tuple[dict, list[torch
         return None
     with open(path) as f:
         state = json.load(f)
-    curvature = None
-    if state.get("pending") is not None:
+    buffers: dict[str, list[torch.Tensor]] = {}
+    if os.path.isfile(os.path.join(folder, LETS_CURVATURE_NAME)):
         tensors = load_file(os.path.join(folder, LETS_CURVATURE_NAME))
-        curvature = [tensors[f"u.{i}"].to(device) for i in range(len(tensors))]
-    return state, curvature
+        for name in sorted({key.split(".")[0] for key in tensors}):
+            count = sum(key.startswith(f"{name}.") for key in tensors)
+            buffers[name] = [tensors[f"{name}.{i}"].to(device) for i in range(count)]
+    return state, buffers
 
 
 def last_complete_checkpoint(output_dir: str) -> tuple[str | None, list[str]]:

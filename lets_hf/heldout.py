@@ -3,6 +3,7 @@ resumable loader over it."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from typing import Any
 
@@ -10,7 +11,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler, Subset
 
-__all__ = ["EpochPermutationSampler", "HeldoutStream", "label_values", "split_heldout"]
+__all__ = ["EpochPermutationSampler", "HeldoutStream", "carve_heldout", "label_values", "split_heldout"]
+
+logger = logging.getLogger(__name__)
 
 _REGRESSION_BINS = 5  # strata for a float target (STS-B): quantile bins
 
@@ -47,6 +50,21 @@ def split_heldout(dataset: Any, fraction: float, seed: int) -> tuple[Any, Any, n
         heldout = heldout[1:]
     train = np.setdiff1d(np.arange(n), heldout)
     return _select(dataset, train), _select(dataset, heldout), train, heldout
+
+
+def carve_heldout(dataset: Any, fraction: float, seed: int) -> tuple[Any, Any, dict[str, list[int]]]:
+    """`split_heldout`, said once at warning level (a user must not lose data to the carve unawares).
+
+    Returns ``(train, heldout, split)`` with ``split = {"train_indices": [...], "heldout_indices": [...]}``, the
+    trainer's ``lets_split``."""
+    train, heldout, train_idx, heldout_idx = split_heldout(dataset, fraction, seed)
+    logger.warning(
+        "LETS carved %d of the %d training examples off train_dataset (lets_heldout_fraction=%g) as held-out data for "
+        "the radius: training runs on the other %d, and len(trainer.train_dataset) is %d. The indices are in "
+        "trainer.lets_split; pass lets_dataset=... to train on the whole set.",
+        len(heldout_idx), len(dataset), fraction, len(train_idx), len(train_idx),
+    )  # fmt: skip
+    return train, heldout, {"train_indices": train_idx.tolist(), "heldout_indices": heldout_idx.tolist()}
 
 
 def label_values(dataset: Any) -> np.ndarray | None:

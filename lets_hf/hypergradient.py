@@ -18,6 +18,12 @@ where ``h_V``/``g'`` are the held-out/training gradients at ``theta'``, ``c`` th
 
 Under gradient accumulation each quantity is the mean over micro-batches (``gt`` -> the accumulated ``G``,
 ``g`` -> ``Gbar``). The radius is optimised on ``s = log rho`` (``dF/ds = rho dF/drho``) and clamped to bounds.
+
+The look-ahead's horizon (``lets_horizon``): ``step`` takes ``w`` of one optimizer step, the one before the held-out
+pass (the paper's one-step look-ahead, Baydin et al.'s hypergradient descent); ``interval`` sums it over the
+``lets_interval`` steps since the last hyper-step, ``Z = sum_k w_k`` (`lookahead_add_`): forward-mode
+``d theta / d rho`` (Franceschi et al. 2017) with each step's Jacobian ``d theta_{k+1} / d theta_k`` taken as the
+identity, and ``h_V^T Z``, ``g'^T Z`` in place of ``h_V^T w``, ``g'^T w``.
 """
 
 from __future__ import annotations
@@ -29,13 +35,17 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "HORIZONS",
+    "MIN_HYPER_STEPS",
     "OBJECTIVES",
     "LossGuard",
     "RadiusState",
     "constant_predictor_loss",
     "fisher_curvature",
     "hessian_vector_product",
+    "guarded_radius",
     "hypergradient",
+    "lookahead_add_",
     "optimizer_derivative_",
     "radius_lr",
     "radius_step",
@@ -69,13 +79,23 @@ def fisher_curvature(grads: list[Tensor], directions: list[Tensor]) -> list[Tens
 def hessian_vector_product(loss: Tensor, params: list[Tensor], vector: list[Tensor]) -> list[Tensor]:
     """``H v`` of ``loss`` w.r.t. ``params`` by double backward (Pearlmutter's trick); exact and costly.
 
-    Parameters that ``loss`` does not depend on get a zero product.
+    Parameters that ``loss`` does not depend on get a zero product. A model with an op that has no double backward
+    (SDPA/flash attention kernels) gets an error that says what to do.
     """
     grads = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
     used = [i for i, g in enumerate(grads) if g is not None]
-    hv = torch.autograd.grad(
-        [grads[i] for i in used], [params[i] for i in used], grad_outputs=[vector[i] for i in used], allow_unused=True
-    )
+    try:
+        hv = torch.autograd.grad(
+            [grads[i] for i in used], [params[i] for i in used], grad_outputs=[vector[i] for i in used],
+            allow_unused=True,
+        )  # fmt: skip
+    except RuntimeError as err:
+        if "derivative for" not in str(err):
+            raise
+        raise RuntimeError(
+            f"lets_hvp='exact' needs a double backward, which this model lacks ({err}). Load the model with "
+            "attn_implementation='eager' (SDPA/flash attention kernels have none), or use lets_hvp='secant'."
+        ) from None
     products = [torch.zeros_like(p) for p in params]
     for i, h in zip(used, hv):
         if h is not None:
@@ -133,6 +153,30 @@ def optimizer_derivative_(
     return u
 
 
+HORIZONS = ("interval", "step")
+
+
+def lookahead_add_(lookahead: list[Tensor] | None, w: list[Tensor]) -> list[Tensor]:
+    """One step of the interval look-ahead: ``Z_{k+1} = Z_k + w_k`` (``Z`` starts at the first ``w``); returns Z.
+
+    The exact forward-mode recursion for ``Z_k = d theta_k / d rho`` over steps that share one radius is
+    ``Z_{k+1} = J_k Z_k + w_k`` with ``J_k = d theta_{k+1} / d theta_k = I - lr_k c_k P_k A_k`` (``A_k`` the
+    Jacobian of the step's SAM gradient w.r.t. ``theta``, the Hessian plus the direction's own derivative). Taking
+    ``J_k = I`` drops the terms ``lr c P A Z``: their size relative to ``Z`` is about ``lr ||P A||`` per step, so over
+    ``K`` steps ``||Z_exact - Z|| <= sum_k ((1 + lr a)^(K-1-k) - 1) ||w_k||`` with ``a`` a bound on ``||P_j A_j||``
+    (``tests/test_hypergradient.py`` checks this against a finite difference in float64). Costs one buffer and one
+    add per step, no pass.
+
+    Args:
+        lookahead: ``Z`` so far (updated in place), or None at the first step of a window.
+        w: this step's ``w = -lr c P u`` (`optimizer_derivative_`); becomes ``Z`` when ``lookahead`` is None.
+    """
+    if lookahead is None:
+        return w
+    torch._foreach_add_(lookahead, w)
+    return lookahead
+
+
 def optimizer_kind(optimizer: torch.optim.Optimizer) -> str:
     """``adam`` (Adam, AdamW, fused or not), ``sgd``, or ``other`` (treated as ``P = 1``)."""
     if isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW)):
@@ -167,14 +211,20 @@ def hypergradient(gap: float, heldout_dot: float, train_dot: float, objective: s
     raise ValueError(f"Unknown lets_objective {objective!r}: use one of {OBJECTIVES}.")
 
 
+MIN_HYPER_STEPS = 20  # the default lets_lr treats a run with fewer hyper-steps as one with this many
+
+
 def radius_lr(travel: float, max_steps: int, interval: int) -> float:
-    """The default ``lets_lr``: ``ln(travel) / H`` with ``H = max(1, max_steps // interval)`` hyper-steps.
+    """The default ``lets_lr``: ``ln(travel) / H`` with ``H = max(MIN_HYPER_STEPS, max_steps // interval)``.
 
     Adam moves ``log rho`` by about ``lets_lr`` per hyper-step while the hypergradient keeps its sign (and by far
     less on noise, which its moments average out), so this lets a consistent signal change rho ``travel``-fold
-    over the run, however long the run is: a short fine-tune and a long one get the same reach.
+    over the run, however long the run is: a short fine-tune and a long one get the same reach. The floor keeps a
+    short run (a smoke test, a few-step probe) safe: Adam's first step moves ``log rho`` by the full ``lets_lr``
+    whatever the hypergradient's size, and a run with one hyper-step would otherwise jump ``travel``-fold on one
+    sample's sign; with the floor it moves at most ``travel^(1/20)`` (1.26x at the default 100) per hyper-step.
     """
-    return math.log(travel) / max(1, max_steps // interval)
+    return math.log(travel) / max(MIN_HYPER_STEPS, max_steps // interval)
 
 
 @dataclass
@@ -357,6 +407,30 @@ class LossGuard:
         if "tripped" in state:
             state["reason"] = "stalled" if state.pop("tripped") else None
         return cls(**state)
+
+
+def guarded_radius(
+    guard: LossGuard, radius: RadiusState, train_loss: float, sam_rho: float, rho_min: float
+) -> tuple[RadiusState, str | None]:
+    """Feed one training loss to ``guard``; on a trip, the radius it sends rho to and a message that says why.
+
+    Returns ``(radius, None)`` when the guard does not trip now. On a trip the new radius is `guarded_log_rho`'s,
+    with Adam's moments reset (the direction they carried is void).
+    """
+    trip = guard.update(train_loss)
+    if trip is None:
+        return radius, None
+    new = RadiusState(log_rho=guarded_log_rho(radius.log_rho, trip, sam_rho, rho_min))
+    if trip == "risen":
+        why = f"rose more than {100 * guard.tolerance:.0f}% above its best"
+    else:
+        why = f"has not fallen {100 * guard.threshold:g}% below its best for {guard.patience} hyper-steps"
+        why += "" if guard.prior is None else f" at the label prior's loss ({guard.prior:.4f})"
+    message = (
+        f"the training loss (EMA {guard.ema:.4f}, best {guard.best:.4f}) {why}; rho {radius.rho:.4g} -> "
+        f"{new.rho:.4g}, and it may not grow until the loss improves."
+    )
+    return new, message
 
 
 def guarded_log_rho(log_rho: float, trip: str, sam_rho: float, rho_min: float) -> float:

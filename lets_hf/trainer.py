@@ -7,9 +7,10 @@ loader, logging and the radius state in checkpoints. The step, in LETS.md's nota
     ascent:   g_i = grad l(theta; B_i)            (rank-averaged when sam_sync_perturbation)
     descent:  G  += grad l(theta + rho d_i; B_i) / n_accum,   then theta restored from a saved copy
 
-and around the optimizer step ``t``: at its start, when step ``t-1`` fed a hyper-step, ``w = -lr c P u`` and one
-held-out pass give ``h_V^T w``; the ascents of step ``t`` give ``g'^T w`` and ``l(theta; B')``; at its end the
-radius takes one step on ``dF/drho`` and, on feeding steps, ``u`` is formed for the next one.
+and around the optimizer step ``t``: at its start, the ``u`` step ``t-1`` left becomes ``w = -lr c P u`` and joins
+the look-ahead ``Z`` (``lets_horizon``: summed over the interval, or the one step); on a hyper-step one held-out
+pass gives ``h_V^T Z``, the ascents of step ``t`` give ``g'^T Z`` and ``l(theta; B')``, and at its end the radius
+takes one step on ``dF/drho``. On feeding steps ``u`` is formed at the end, for the next step.
 """
 
 from __future__ import annotations
@@ -25,15 +26,16 @@ from torch import nn
 from transformers import Trainer
 
 from .checkpoint import LETS_STATE_NAME, load_lets_state, save_lets_state
-from .heldout import EpochPermutationSampler, HeldoutStream, label_values, split_heldout
+from .heldout import EpochPermutationSampler, HeldoutStream, carve_heldout, label_values
 from .hypergradient import (
     LossGuard,
     RadiusState,
     constant_predictor_loss,
     fisher_curvature,
-    guarded_log_rho,
+    guarded_radius,
     hessian_vector_product,
     hypergradient,
+    lookahead_add_,
     optimizer_derivative_,
     optimizer_kind,
     radius_lr,
@@ -93,19 +95,8 @@ class LETSTrainer(Trainer):
             )
         self.lets_split: dict[str, list[int]] | None = None
         if args.lets and lets_dataset is None and train_dataset is not None:
-            train_dataset, lets_dataset, train_idx, heldout_idx = split_heldout(
+            train_dataset, lets_dataset, self.lets_split = carve_heldout(
                 train_dataset, args.lets_heldout_fraction, args.seed
-            )
-            self.lets_split = {"train_indices": train_idx.tolist(), "heldout_indices": heldout_idx.tolist()}
-            logger.warning(
-                "LETS carved %d of the %d training examples off train_dataset (lets_heldout_fraction=%g) as held-out "
-                "data for the radius: training runs on the other %d, and len(trainer.train_dataset) is %d. The "
-                "indices are in trainer.lets_split; pass lets_dataset=... to train on the whole set.",
-                len(heldout_idx),
-                len(train_idx) + len(heldout_idx),
-                args.lets_heldout_fraction,
-                len(train_idx),
-                len(train_idx),
             )
         elif lets_dataset is not None and not args.lets:
             logger.warning("lets_dataset is ignored: lets=False keeps the radius fixed.")
@@ -162,7 +153,8 @@ class LETSTrainer(Trainer):
         self._last_hyper: dict[str, float] = {}
         self._micro_step = 0
         self._pending: _Pending | None = None  # fed by step t-1, consumed by step t
-        self._w: list[torch.Tensor] | None = None  # d theta_t / d rho of the hyper-step in progress
+        self._lookahead: list[torch.Tensor] | None = None  # Z, d theta / d rho summed over the window so far
+        self._w: list[torch.Tensor] | None = None  # the Z of the hyper-step in progress
         self._u_acc: list[torch.Tensor] | None = None  # this step's curvature, accumulated over micro-batches
         self._sums: torch.Tensor | None = None  # [l_V, h_V.w, l_B', g'.w] of the hyper-step in progress
         self._heldout: HeldoutStream | None = None
@@ -259,13 +251,14 @@ class LETSTrainer(Trainer):
     # LETS bookkeeping
     # ------------------------------------------------------------------------------------------------------------
     def _begin_optimizer_step(self, model, params) -> None:
-        """Save theta; turn the pending u into w and run the held-out pass; open a curvature buffer if feeding."""
+        """Save theta; turn the pending u into w and add it to the look-ahead Z; on a hyper-step (the step after a
+        multiple of lets_interval) run the held-out pass on Z; open a curvature buffer if this step feeds."""
         with torch.no_grad():
             if self._theta is None:
                 self._theta = [p.detach().clone() for p in params]
             else:
                 torch._foreach_copy_(self._theta, params)
-        pending, self._pending = self._pending, None
+        pending, self._pending, spare = self._pending, None, None
         if pending is not None and not self.accelerator.optimizer_step_was_skipped:
             optimizer = getattr(self.optimizer, "optimizer", self.optimizer)
             if optimizer_kind(optimizer) == "other" and not self._warned_optimizer:
@@ -274,11 +267,20 @@ class LETSTrainer(Trainer):
                 )
                 self._warned_optimizer = True
             lrs = {id(g): lr for g, lr in zip(optimizer.param_groups, pending.lrs)}
-            self._w = optimizer_derivative_(pending.u, params, optimizer, lrs, pending.clip_coef)
+            w = optimizer_derivative_(pending.u, params, optimizer, lrs, pending.clip_coef)
+            spare = None if self._lookahead is None else w  # added into Z: its buffer is free for this step's u
+            self._lookahead = lookahead_add_(self._lookahead, w)
+        step, interval = self.state.global_step, self.args.lets_interval
+        if self._lookahead is not None and (step - 1) % interval == 0:
+            self._w, self._lookahead = self._lookahead, None
             self._sums = torch.zeros(4, dtype=torch.float64, device=params[0].device)
             self._sums[:2] = self._heldout_pass(model, params, self._w)
-        if self.args.lets and self.state.global_step % self.args.lets_interval == 0:
-            self._u_acc = [torch.zeros_like(p) for p in params]
+        if self.args.lets and (self.args.lets_horizon == "interval" or step % interval == 0):
+            if spare is None:
+                spare = [torch.zeros_like(p) for p in params]
+            else:
+                torch._foreach_zero_(spare)
+            self._u_acc = spare
 
     def _heldout_pass(self, model, params, w) -> torch.Tensor:
         """``[l(theta; V), h_V^T w]`` on one held-out batch, local to this rank (averaged with the other sums)."""
@@ -332,25 +334,10 @@ class LETSTrainer(Trainer):
         dF_drho = hypergradient(gap, s_v, s_b, self.args.lets_objective)
         allow_increase = True
         if self.guard is not None:
-            trip = self.guard.update(loss_b)
-            if trip:
-                rho = self.rho
-                log_rho = guarded_log_rho(self.radius.log_rho, trip, self.args.sam_rho, self.args.lets_rho_min)
-                self.radius = RadiusState(log_rho=log_rho)  # Adam's moments reset: the old direction is void
-                logger.warning(
-                    "LETS loss guard at step %d: the training loss (EMA %.4f, best %.4f) %s; rho %.4g -> %.4g, and it "
-                    "may not grow until the loss improves.",
-                    self.state.global_step,
-                    self.guard.ema,
-                    self.guard.best,
-                    f"rose more than {100 * self.guard.tolerance:.0f}% above its best"
-                    if trip == "risen"
-                    else f"has not fallen {100 * self.guard.threshold:g}% below its best for "
-                    f"{self.guard.patience} hyper-steps"
-                    + ("" if self.guard.prior is None else f" at the label prior's loss ({self.guard.prior:.4f})"),
-                    rho,
-                    self.rho,
-                )
+            args = self.args
+            self.radius, message = guarded_radius(self.guard, self.radius, loss_b, args.sam_rho, args.lets_rho_min)
+            if message:
+                logger.warning("LETS loss guard at step %d: %s", self.state.global_step, message)
             allow_increase = not self.guard.tripped
         self.radius = radius_step(
             self.radius,
@@ -444,7 +431,10 @@ class LETSTrainer(Trainer):
             }
             folder = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
             os.makedirs(folder, exist_ok=True)
-            save_lets_state(folder, state, pending.u if pending else None)
+            buffers = {"u": pending.u} if pending else {}
+            if self._lookahead is not None:
+                buffers["z"] = self._lookahead
+            save_lets_state(folder, state, buffers)
         super()._save_checkpoint(model, trial)
 
     def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
@@ -455,15 +445,16 @@ class LETSTrainer(Trainer):
         if loaded is None:
             logger.warning("%s has no %s: the radius restarts from sam_rho.", checkpoint, LETS_STATE_NAME)
             return
-        state, curvature = loaded
+        state, buffers = loaded
         self.radius = RadiusState(**state["radius"])
         if self.guard is not None and state["guard"]:
             self.guard = LossGuard.from_dict({**state["guard"], "prior": self._label_prior})
         self._heldout_resume, self._heldout = state["heldout"], None
         self._last_hyper = state["last_hyper"]
         self.lets_history = state["history"]
-        if curvature is not None:
-            self._pending = _Pending(u=curvature, **state["pending"])
+        if "u" in buffers:
+            self._pending = _Pending(u=buffers["u"], **state["pending"])
+        self._lookahead = buffers.get("z")
 
 
 def _grads_of(params: list[torch.Tensor]) -> list[torch.Tensor]:

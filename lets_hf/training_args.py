@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
-from .hypergradient import OBJECTIVES
+from .hypergradient import HORIZONS, OBJECTIVES
 from .perturbation import available_perturbations
 
 logger = logging.getLogger(__name__)
@@ -95,6 +95,15 @@ class LETSTrainingArguments(TrainingArguments):
             "so LETS adds about 1/(2 * lets_interval) to SAM's cost."
         },
     )
+    lets_horizon: str = field(
+        default="interval",
+        metadata={
+            "help": "How far the radius looks ahead: 'interval' sums d theta/d rho over the lets_interval steps "
+            "since the last hyper-step (forward mode, each step's Jacobian taken as the identity; one buffer, no "
+            "extra pass), 'step' takes the one step before the held-out pass (the paper's one-step look-ahead).",
+            "choices": list(HORIZONS),
+        },
+    )
     lets_rho_min: float | None = field(
         default=None,
         metadata={"help": "Lower bound on rho (default sam_rho / 100)."},
@@ -177,6 +186,7 @@ class LETSTrainingArguments(TrainingArguments):
             f"lets_optimizer={self.lets_optimizer!r} must be one of {RADIUS_OPTIMIZERS}.",
         )
         _require(self.lets_hvp in HVP_ESTIMATORS, f"lets_hvp={self.lets_hvp!r} must be one of {HVP_ESTIMATORS}.")
+        _require(self.lets_horizon in HORIZONS, f"lets_horizon={self.lets_horizon!r} must be one of {HORIZONS}.")
         _require(
             self.lets_objective in OBJECTIVES, f"lets_objective={self.lets_objective!r} must be one of {OBJECTIVES}."
         )

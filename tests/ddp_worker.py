@@ -19,6 +19,8 @@ DDP_CASES = {
     "lets_sync_accum2": (dict(sam_sync_perturbation=True), 2),
     "lets_per_rank_accum2": (dict(sam_sync_perturbation=False), 2),
     "lets_per_rank_fisher": (dict(sam_sync_perturbation=False, lets_hvp="fisher", sam_variant="asam"), 1),
+    "lets_sync_interval2": (dict(sam_sync_perturbation=True, lets_interval=2), 1),  # Z sums two steps
+    "lets_per_rank_interval2_accum2": (dict(sam_sync_perturbation=False, lets_interval=2), 2),
 }
 
 
@@ -38,7 +40,7 @@ def train(out_dir, overrides, n_accum, batch, heldout_batch):
         logging_steps=1,
         per_device_train_batch_size=batch,
         gradient_accumulation_steps=n_accum,
-        lets_interval=1,
+        lets_interval=1,  # a case may override it
         lets_lr=0.2,
         lets_batch_size=heldout_batch,
         lets_guard_tolerance=None,

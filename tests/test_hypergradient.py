@@ -5,15 +5,17 @@ import math
 
 import pytest
 import torch
-from toy import LR, LinearRegressor, loss_fn, regression_data, sam_sgd_step
+from toy import LR, LinearRegressor, loss_fn, regression_data, rule_data, sam_sgd_step, tiny_bert
 
 from lets_hf import LETSTrainer, LETSTrainingArguments, RadiusState, radius_step
 from lets_hf.hypergradient import (
+    MIN_HYPER_STEPS,
     LossGuard,
     constant_predictor_loss,
     fisher_curvature,
     guarded_log_rho,
     hessian_vector_product,
+    lookahead_add_,
     optimizer_derivative_,
     radius_lr,
     secant_curvature_,
@@ -220,17 +222,160 @@ def test_radius_lr_gives_every_run_the_same_reach():
     for max_steps, interval in [(113, 5), (485, 5), (36000, 10)]:
         hyper_steps = max_steps // interval
         assert radius_lr(100.0, max_steps, interval) * hyper_steps == pytest.approx(math.log(100.0))
-    assert radius_lr(100.0, 3, 5) == pytest.approx(math.log(100.0))  # fewer steps than the interval: one step
+    # A short run counts as MIN_HYPER_STEPS hyper-steps: 3 steps at interval 5, 6 at 2, 95 at 5 alike.
+    for max_steps, interval in [(3, 5), (6, 2), (95, 5)]:
+        assert radius_lr(100.0, max_steps, interval) == pytest.approx(math.log(100.0) / MIN_HYPER_STEPS)
 
 
 def test_default_radius_lr_is_tied_to_the_run(base_args):
-    """lets_lr=None: the first Adam step moves log rho by exactly ln(travel) / hyper-steps (here 2 steps, 2)."""
+    """lets_lr=None: the first Adam step moves log rho by exactly ln(travel) / hyper-steps (here 40 steps, 40)."""
     data = regression_data(24)
     args = LETSTrainingArguments(
-        **base_args, optim="sgd", learning_rate=LR, max_steps=2, per_device_train_batch_size=16, lets_batch_size=8,
+        **base_args, optim="sgd", learning_rate=LR, max_steps=40, per_device_train_batch_size=16, lets_batch_size=8,
         sam_rho=RHO, lets_interval=1, lets_travel=10.0,
     )  # fmt: skip
     trainer = LETSTrainer(model=LinearRegressor(), args=args, train_dataset=data[:16], lets_dataset=data[16:])
     trainer.train()
-    assert trainer.radius_lr == pytest.approx(math.log(10.0) / 2)
-    assert abs(math.log(trainer.rho / RHO)) == pytest.approx(math.log(10.0) / 2, rel=1e-4)  # Adam eps aside
+    assert trainer.radius_lr == pytest.approx(math.log(10.0) / 40)
+    first = trainer.lets_history[0]["rho"]
+    assert abs(math.log(first / RHO)) == pytest.approx(math.log(10.0) / 40, rel=1e-4)  # Adam eps aside
+
+
+@pytest.mark.parametrize("hvp", ["secant", "fisher"])
+def test_a_short_run_cannot_send_rho_to_a_bound(base_args, hvp):
+    """A 6-step smoke test at interval 5 has one hyper-step. Without the floor under H the default lets_lr was
+    ln(100) / 1, and Adam's first step (of size lets_lr whatever the hypergradient) sent ASAM's rho to a bound (0.1 ->
+    1.0; with lets_hvp="exact", 0.01 -> 1e-4). With it rho moves at most 100^(1/20) = 1.26-fold."""
+    model = tiny_bert()
+    args = LETSTrainingArguments(
+        **base_args, sam_variant="asam", sam_rho=0.1, lets_hvp=hvp, max_steps=6, lets_interval=5,
+        per_device_train_batch_size=8, learning_rate=5e-3,
+    )  # fmt: skip
+    trainer = LETSTrainer(model=model, args=args, train_dataset=rule_data(96))
+    trainer.train()
+    assert len(trainer.lets_history) == 1 and trainer.lets_history[0]["hypergradient"] != 0
+    moved = abs(math.log(trainer.rho / 0.1))
+    assert moved == pytest.approx(math.log(100.0) / MIN_HYPER_STEPS, rel=1e-3)  # Adam's full first step, no more
+    unfloored = radius_lr(100.0, 6, 5) * MIN_HYPER_STEPS  # what H = max(1, 6 // 5) = 1 gave: ln(100)
+    assert unfloored == pytest.approx(math.log(100.0)) and math.exp(unfloored) * 0.1 >= args.lets_rho_max
+
+
+def test_exact_hvp_through_an_attention_kernel_without_double_backward_says_what_to_do(base_args):
+    """BERT's default SDPA attention on CPU has no double backward: a clear error, not torch's."""
+    args = LETSTrainingArguments(**base_args, lets_hvp="exact", max_steps=2, lets_interval=1)
+    trainer = LETSTrainer(model=tiny_bert(), args=args, train_dataset=rule_data(32))
+    with pytest.raises(RuntimeError, match="attn_implementation='eager'.*lets_hvp='secant'"):
+        trainer.train()
+
+
+# ---- the interval look-ahead -------------------------------------------------------------------------------------
+def step_derivative(theta, batch, rho, h=1e-3):
+    """``w = d theta' / d rho`` at fixed theta for one SAM-SGD step: the step is linear in rho on least squares (the
+    direction does not depend on rho), so the central difference is exact up to rounding."""
+    plus, minus = sam_sgd_step(*theta, [batch], rho + h, "sam"), sam_sgd_step(*theta, [batch], rho - h, "sam")
+    return [(p - m) / (2 * h) for p, m in zip(plus, minus)]
+
+
+def step_jacobian(theta, batch, rho, h=1e-6):
+    """``J = d theta' / d theta`` of one SAM-SGD step (4 x 4 on the 3-weight regressor), by central differences."""
+    flat = torch.cat([t.reshape(-1) for t in theta])
+
+    def step(x):
+        return torch.cat([t.reshape(-1) for t in sam_sgd_step(x[:3].reshape(1, 3), x[3:], [batch], rho, "sam")])
+
+    columns = [(step(flat + h * e) - step(flat - h * e)) / (2 * h) for e in torch.eye(4, dtype=torch.float64)]
+    return torch.stack(columns, dim=1)
+
+
+def flat(ts):
+    return torch.cat([t.reshape(-1) for t in ts])
+
+
+def test_interval_lookahead_is_forward_mode_with_identity_jacobians_and_its_error_is_bounded():
+    """K = 6 SAM-SGD steps sharing one radius, F = l(theta_K; V), float64. The full forward-mode recursion
+    Z <- J Z + w equals a finite difference of F; the shipped sum Z <- Z + w (`lookahead_add_`) differs from it by no
+    more than the stated bound sum_k (prod_{j>k} (1 + ||J_j - I||) - 1) ||w_k||, and the difference is real."""
+    data = regression_data(40, seed=3)
+    xs = torch.stack([d["x"] for d in data])
+    ys = torch.stack([d["labels"] for d in data])
+    batches = [(xs[4 * k : 4 * k + 4], ys[4 * k : 4 * k + 4]) for k in range(6)]
+    xv, yv = xs[24:], ys[24:]
+    model = LinearRegressor(seed=1)
+    theta0 = (model.linear.weight.detach().clone(), model.linear.bias.detach().clone())
+    rho = 0.05
+
+    def trajectory(r):
+        thetas = [theta0]
+        for batch in batches:
+            thetas.append(sam_sgd_step(*thetas[-1], [batch], r, "sam"))
+        return thetas
+
+    def F(r):
+        return loss_fn(*trajectory(r)[-1], xv, yv)
+
+    h = 1e-5
+    reference = ((F(rho + h) - F(rho - h)) / (2 * h)).item()
+    thetas = trajectory(rho)
+    final = [t.clone().requires_grad_() for t in thetas[-1]]
+    h_v = flat(torch.autograd.grad(loss_fn(*final, xv, yv), final))
+
+    ws = [step_derivative(theta, batch, rho) for theta, batch in zip(thetas, batches)]
+    jacobians = [step_jacobian(theta, batch, rho) for theta, batch in zip(thetas, batches)]
+    z_full = torch.zeros(4, dtype=torch.float64)
+    for w, jac in zip(ws, jacobians):
+        z_full = jac @ z_full + flat(w)
+    assert (h_v @ z_full).item() == pytest.approx(reference, rel=1e-6)  # the exact recursion: the true dF/drho
+
+    z = None
+    for w in ws:
+        z = lookahead_add_(z, [t.clone() for t in w])
+    shipped = (h_v @ flat(z)).item()
+    sizes = [torch.linalg.matrix_norm(j - torch.eye(4, dtype=torch.float64), ord=2).item() for j in jacobians]
+    bound = sum((math.prod(1 + a for a in sizes[k + 1 :]) - 1) * flat(w).norm().item() for k, w in enumerate(ws))
+    error = abs(shipped - reference)
+    assert 1e-9 < error <= h_v.norm().item() * bound  # a truncation, and within its bound
+    assert shipped * reference > 0 and error < 0.5 * abs(reference)  # the same direction, the same scale
+    one_step = (h_v @ flat(ws[-1])).item()  # the one-step look-ahead sees a sixth of the radius's effect
+    assert abs(one_step - reference) > abs(shipped - reference)
+
+
+def run_interval(base_args, horizon, objective):
+    """SGD on least squares, lets_interval 3, 5 steps: hyper-steps at steps 2 and 5; returns the trainer and model."""
+    data = regression_data(24)
+    model = LinearRegressor()
+    theta0 = (model.linear.weight.detach().clone(), model.linear.bias.detach().clone())
+    args = LETSTrainingArguments(
+        **base_args, optim="sgd", learning_rate=LR, lr_scheduler_type="constant", weight_decay=0.0, max_grad_norm=0,
+        sam_rho=RHO, lets_interval=3, lets_horizon=horizon, lets_objective=objective, lets_lr=0.05, max_steps=5,
+        per_device_train_batch_size=4, lets_batch_size=8,
+    )  # fmt: skip
+    trainer = LETSTrainer(model=model, args=args, train_dataset=data[:16], lets_dataset=data[16:])
+    trainer.train()
+    return trainer, model, data, theta0
+
+
+@pytest.mark.parametrize("objective", ["heldout", "gap"])
+@pytest.mark.parametrize("horizon", ["interval", "step"])
+def test_logged_interval_hypergradient_is_the_sum_over_the_window(base_args, horizon, objective):
+    """The second hyper-step (step 5) of a run at lets_interval 3: its w sums steps 2-4 ('interval') or is step 4's
+    alone ('step'), rebuilt by hand from the batches the run used; the first radius step lies between them."""
+    trainer, model, data, theta0 = run_interval(base_args, horizon, objective)
+    assert [h["step"] for h in trainer.lets_history] == [2, 5]
+    label = {tuple(d["x"].tolist()): d["labels"] for d in data}
+    batch = lambda xs: (xs, torch.stack([label[tuple(r.tolist())] for r in xs]))  # noqa: E731
+    seen = model.seen  # per step (ascent, descent); a held-out pass first on steps 2 and 5 (1-based)
+    steps = [batch(seen[i]) for i in (0, 3, 5, 7, 10)]
+    heldout = batch(seen[9])
+    rhos = [RHO, RHO] + [trainer.lets_history[0]["rho"]] * 3  # the radius each step used
+    thetas = [theta0]
+    for b, r in zip(steps, rhos):
+        thetas.append(sam_sgd_step(*thetas[-1], [b], r, "sam"))
+    window = range(1, 4) if horizon == "interval" else range(3, 4)  # 0-based steps whose w reach theta_4
+    z = flat([sum(ts) for ts in zip(*[step_derivative(thetas[k], steps[k], rhos[k]) for k in window])])
+    theta = [t.clone().requires_grad_() for t in thetas[4]]
+    l_v, l_b = loss_fn(*theta, *heldout), loss_fn(*theta, *steps[4])
+    h_v = flat(torch.autograd.grad(l_v, theta, retain_graph=True))
+    g_b = flat(torch.autograd.grad(l_b, theta))
+    expected = (h_v @ z).item() if objective == "heldout" else ((l_v - l_b) * ((h_v - g_b) @ z)).item()
+    assert abs(expected) > 1e-8
+    assert trainer.lets_history[1]["hypergradient"] == pytest.approx(expected, rel=1e-7)

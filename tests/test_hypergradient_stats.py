@@ -1,5 +1,6 @@
 """The hypergradient signal-to-noise report: numbers from known values, one row per run, clear errors."""
 
+import json
 import math
 
 import pytest
@@ -56,3 +57,23 @@ def test_main_errors_name_the_problem(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main([str(tmp_path)])
     assert f"error: {bad}: no 'hypergradient' column" in capsys.readouterr().err
+
+
+def test_main_reads_the_committed_sweep_records(tmp_path):
+    """A results JSONL: one row per LETS record that kept its lets_history; AdamW and older records are left out."""
+    history = lambda values: [{"step": 2 + 10 * i, "hypergradient": v} for i, v in enumerate(values)]  # noqa: E731
+    rows = [
+        {"task": "MRPC", "method": "lets-0.1", "seed": 1, "lets_history": history([0.0, 2.0, -2.0, 2.0, -2.0])},
+        {"task": "MRPC", "method": "adamw", "seed": 0, "lets_history": []},
+        {"task": "MRPC", "method": "lets-0.01", "seed": 0, "lets_history": history([0.0, 1.0, -1.0, 1.0, 3.0])},
+        {"task": "MRPC", "method": "lets-0.01", "seed": 2, "rho_trajectory": [[2, 0.01]]},  # before it was kept
+    ]
+    path = tmp_path / "sweep.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main([str(path)]).splitlines()[2:] == [
+        "| MRPC/lets-0.01/seed0 | 4 | 3 | +0.61 | +1.22 | +1.00 | 3 | 3 |",
+        "| MRPC/lets-0.1/seed1 | 4 | 2 | +0.00 | +0.00 | +0.00 | 1 | inf |",
+    ]
+    path.write_text(json.dumps(rows[1]) + "\n")
+    with pytest.raises(SystemExit):
+        main([str(path)])

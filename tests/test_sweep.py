@@ -27,6 +27,8 @@ def write_config(tmp_path, glue_dir, model):
             "max_eval_samples": 24,
             "max_seq_length": 48,
             "max_steps": 2,
+            "eval_strategy": "steps",
+            "eval_steps": 1,
             "per_device_train_batch_size": 8,
             "save_strategy": "no",
             "report_to": "none",
@@ -63,6 +65,11 @@ def test_sweep_runs_resumes_and_renders(tmp_path, glue_dir, tiny_roberta):
     assert lets["guard_trips_at"] == [] and lets["all_results"]["train_final_rho"] == lets["final_rho"]
     assert lets["label_noise"] == {} and "train_loss" in first[0]["all_results"]
     assert 0 < lets["cpu_seconds"] and all(r["wall_seconds"] > 0 for r in first)
+    (hyper,) = lets["lets_history"]  # every hyper-step's numbers, so that the SNR figures come from the records
+    assert hyper["step"] == 2 and hyper["guard_tripped"] is False and hyper["rho"] == lets["final_rho"]
+    assert {"gap", "hypergradient", "train_loss", "heldout_loss"} <= set(hyper) and hyper["hypergradient"] != 0
+    assert [e["step"] for e in first[0]["eval_curve"]] == [1, 2]  # the dev metric during training, per evaluation
+    assert all(0 <= e["eval_accuracy"] <= 1 for e in first[0]["eval_curve"])
 
     interrupted = tmp_path / "runs" / "RTE" / "lets-sam" / "seed1"  # a run killed half-way leaves a folder
     interrupted.mkdir(parents=True)

@@ -229,8 +229,12 @@ def test_training_logs_carry_rho_gap_and_hypergradient(base_args):
     assert logs[-1]["lets_hypergrad"] == pytest.approx(trainer.lets_history[-1]["hypergradient"])
 
 
-@pytest.mark.parametrize("interval,n_accum", [(1, 1), (2, 2)])
-def test_resume_equals_uninterrupted_run(tmp_path, base_args, interval, n_accum):
+@pytest.mark.parametrize(
+    "interval,n_accum,horizon", [(1, 1, "interval"), (2, 2, "interval"), (3, 1, "interval"), (2, 2, "step")]
+)
+def test_resume_equals_uninterrupted_run(tmp_path, base_args, interval, n_accum, horizon):
+    """checkpoint-3 falls inside a window at interval 2 and 3: the look-ahead Z summed so far must round-trip."""
+
     class Interrupt(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
             control.should_training_stop = state.global_step == 3  # after checkpoint-3 is written
@@ -246,6 +250,7 @@ def test_resume_equals_uninterrupted_run(tmp_path, base_args, interval, n_accum)
             learning_rate=1e-2,
             gradient_accumulation_steps=n_accum,
             lets_interval=interval,
+            lets_horizon=horizon,
             lets_lr=0.2,
             lets_batch_size=3,
         )
@@ -258,7 +263,7 @@ def test_resume_equals_uninterrupted_run(tmp_path, base_args, interval, n_accum)
     assert interrupted.state.global_step == 3
     resumed, p_resumed = run(tmp_path / "b", 6, resume=str(tmp_path / "b" / "checkpoint-3"))
     assert straight.rho != straight.args.sam_rho
-    assert resumed.rho == pytest.approx(straight.rho, rel=1e-9)  # the clip coefficient round-trips through JSON
+    assert resumed.rho == pytest.approx(straight.rho, rel=1e-7)  # float32 dot products: last bits only
     assert len(resumed.lets_history) == len(straight.lets_history) == len(range(1, 6, interval))
     for a, b in zip(resumed.lets_history, straight.lets_history):
         assert a == pytest.approx(b, rel=1e-6, abs=1e-12)  # float32 dot products: multi-threaded sums differ ~1e-9
