@@ -19,9 +19,9 @@ where ``h_V``/``g'`` are the held-out/training gradients at ``theta'``, ``c`` th
 Under gradient accumulation each quantity is the mean over micro-batches (``gt`` -> the accumulated ``G``,
 ``g`` -> ``Gbar``). The radius is optimised on ``s = log rho`` (``dF/ds = rho dF/drho``) and clamped to bounds.
 
-The look-ahead's horizon (``lets_horizon``): ``step`` takes ``w`` of one optimizer step, the one before the held-out
-pass (the paper's one-step look-ahead, Baydin et al.'s hypergradient descent); ``interval`` sums it over the
-``lets_interval`` steps since the last hyper-step, ``Z = sum_k w_k`` (`lookahead_add_`): forward-mode
+The look-ahead's horizon (``lets_horizon``): ``step`` (default) takes ``w`` of one optimizer step, the one before
+the held-out pass (the paper's one-step look-ahead, Baydin et al.'s hypergradient descent); ``interval`` sums it over
+the ``lets_interval`` steps since the last hyper-step, ``Z = sum_k w_k`` (`lookahead_add_`): forward-mode
 ``d theta / d rho`` (Franceschi et al. 2017) with each step's Jacobian ``d theta_{k+1} / d theta_k`` taken as the
 identity, and ``h_V^T Z``, ``g'^T Z`` in place of ``h_V^T w``, ``g'^T w``.
 """
@@ -211,7 +211,7 @@ def hypergradient(gap: float, heldout_dot: float, train_dot: float, objective: s
     raise ValueError(f"Unknown lets_objective {objective!r}: use one of {OBJECTIVES}.")
 
 
-MIN_HYPER_STEPS = 20  # the default lets_lr treats a run with fewer hyper-steps as one with this many
+MIN_HYPER_STEPS = 10  # the default lets_lr treats a run with fewer hyper-steps as one with this many
 
 
 def radius_lr(travel: float, max_steps: int, interval: int) -> float:
@@ -222,7 +222,8 @@ def radius_lr(travel: float, max_steps: int, interval: int) -> float:
     over the run, however long the run is: a short fine-tune and a long one get the same reach. The floor keeps a
     short run (a smoke test, a few-step probe) safe: Adam's first step moves ``log rho`` by the full ``lets_lr``
     whatever the hypergradient's size, and a run with one hyper-step would otherwise jump ``travel``-fold on one
-    sample's sign; with the floor it moves at most ``travel^(1/20)`` (1.26x at the default 100) per hyper-step.
+    sample's sign; with the floor it moves at most ``travel^(1/10)`` (1.58x at the default 100) per hyper-step, and
+    a run of ``H < 10`` hyper-steps at most ``travel^(H/10)`` in all.
     """
     return math.log(travel) / max(MIN_HYPER_STEPS, max_steps // interval)
 

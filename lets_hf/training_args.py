@@ -96,11 +96,12 @@ class LETSTrainingArguments(TrainingArguments):
         },
     )
     lets_horizon: str = field(
-        default="interval",
+        default="step",
         metadata={
-            "help": "How far the radius looks ahead: 'interval' sums d theta/d rho over the lets_interval steps "
-            "since the last hyper-step (forward mode, each step's Jacobian taken as the identity; one buffer, no "
-            "extra pass), 'step' takes the one step before the held-out pass (the paper's one-step look-ahead).",
+            "help": "How far the radius looks ahead: 'step' takes the one step before the held-out pass (the "
+            "paper's one-step look-ahead), 'interval' sums d theta/d rho over the lets_interval steps since the "
+            "last hyper-step (forward mode, each step's Jacobian taken as the identity; one more buffer, no extra "
+            "pass; being measured, docs/results.md section 7).",
             "choices": list(HORIZONS),
         },
     )

@@ -19,8 +19,8 @@ DDP_CASES = {
     "lets_sync_accum2": (dict(sam_sync_perturbation=True), 2),
     "lets_per_rank_accum2": (dict(sam_sync_perturbation=False), 2),
     "lets_per_rank_fisher": (dict(sam_sync_perturbation=False, lets_hvp="fisher", sam_variant="asam"), 1),
-    "lets_sync_interval2": (dict(sam_sync_perturbation=True, lets_interval=2), 1),  # Z sums two steps
-    "lets_per_rank_interval2_accum2": (dict(sam_sync_perturbation=False, lets_interval=2), 2),
+    "lets_sync_interval2": (dict(sam_sync_perturbation=True, lets_interval=2, lets_horizon="interval"), 1),
+    "lets_per_rank_interval2_accum2": (dict(sam_sync_perturbation=False, lets_interval=2, lets_horizon="interval"), 2),
 }
 
 
