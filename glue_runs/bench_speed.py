@@ -34,6 +34,7 @@ METHODS: dict[str, dict | None] = {
     "none": dict(sam_variant="none"),
     "sam": dict(sam_variant="sam", lets=False),
     "lets-sam": dict(sam_variant="sam", lets=True, lets_interval=10),
+    "lets-sam-horizon": dict(sam_variant="sam", lets=True, lets_interval=10, lets_horizon="interval"),
     "lets-sam-i1": dict(sam_variant="sam", lets=True, lets_interval=1),
     "asam": dict(sam_variant="asam", sam_rho=0.5, lets=False),
     "lets-asam": dict(sam_variant="asam", sam_rho=0.5, lets=True, lets_interval=10),

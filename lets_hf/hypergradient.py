@@ -153,11 +153,18 @@ def optimizer_derivative_(
     return u
 
 
-HORIZONS = ("interval", "step")
+HORIZONS = ("interval", "step", "trace")
 
 
-def lookahead_add_(lookahead: list[Tensor] | None, w: list[Tensor]) -> list[Tensor]:
-    """One step of the interval look-ahead: ``Z_{k+1} = Z_k + w_k`` (``Z`` starts at the first ``w``); returns Z.
+def lookahead_add_(
+    lookahead: list[Tensor] | None, w: list[Tensor], scale: float = 1.0, decay: float = 1.0
+) -> list[Tensor]:
+    """One step of the look-ahead: ``Z_{k+1} = decay Z_k + scale w_k`` (``Z`` starts at ``scale w``); returns Z.
+
+    ``interval`` uses ``scale = decay = 1`` and restarts ``Z`` at every hyper-step. ``trace`` never restarts it and
+    uses ``scale = rho_k`` (the radius step ``k`` used), ``decay = 1 - 1/lets_trace_steps``: ``Z`` is then
+    ``d theta / d s`` for a common shift ``s`` of log rho over all past steps, each step's contribution fading with
+    ``decay^age`` in place of the Jacobians' contraction (an eligibility trace), and ``h_V^T Z`` is ``dF/ds``.
 
     The exact forward-mode recursion for ``Z_k = d theta_k / d rho`` over steps that share one radius is
     ``Z_{k+1} = J_k Z_k + w_k`` with ``J_k = d theta_{k+1} / d theta_k = I - lr_k c_k P_k A_k`` (``A_k`` the
@@ -171,8 +178,12 @@ def lookahead_add_(lookahead: list[Tensor] | None, w: list[Tensor]) -> list[Tens
         lookahead: ``Z`` so far (updated in place), or None at the first step of a window.
         w: this step's ``w = -lr c P u`` (`optimizer_derivative_`); becomes ``Z`` when ``lookahead`` is None.
     """
+    if scale != 1.0:
+        torch._foreach_mul_(w, scale)
     if lookahead is None:
         return w
+    if decay != 1.0:
+        torch._foreach_mul_(lookahead, decay)
     torch._foreach_add_(lookahead, w)
     return lookahead
 

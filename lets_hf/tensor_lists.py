@@ -1,4 +1,4 @@
-"""Small operations on lists of tensors that the trainer needs: dot products and rank averages."""
+"""Small operations on lists of tensors that the trainer needs: gradients, dot products and rank averages."""
 
 from __future__ import annotations
 
@@ -7,7 +7,12 @@ import torch.distributed as dist
 from torch import Tensor
 from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
-__all__ = ["all_reduce_mean_", "dot"]
+__all__ = ["all_reduce_mean_", "dot", "grads_of"]
+
+
+def grads_of(params: list[Tensor]) -> list[Tensor]:
+    """Each parameter's ``.grad``, zeros for one the loss did not reach (so lists stay aligned with params)."""
+    return [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
 
 
 def dot(a: list[Tensor], b: list[Tensor]) -> Tensor:

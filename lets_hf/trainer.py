@@ -43,7 +43,7 @@ from .hypergradient import (
     secant_curvature_,
 )
 from .perturbation import get_perturbation
-from .tensor_lists import all_reduce_mean_, dot
+from .tensor_lists import all_reduce_mean_, dot, grads_of
 from .training_args import _BACKEND_MESSAGE, LETSTrainingArguments
 
 logger = logging.getLogger(__name__)
@@ -58,6 +58,7 @@ class _Pending:
     u: list[torch.Tensor]
     lrs: list[float]  # per optimizer param group, as used by the step
     clip_coef: float | torch.Tensor
+    rho: float | None = None  # the radius the step used (None: a checkpoint from before it was kept)
 
 
 class LETSTrainer(Trainer):
@@ -230,7 +231,7 @@ class LETSTrainer(Trainer):
             with self.compute_loss_context_manager():
                 loss = self.compute_loss(model, dict(inputs))
             self.accelerator.backward(loss)
-        grads = _grads_of(params)
+        grads = grads_of(params)
         for p in params:
             p.grad = None
         if self.args.sam_sync_perturbation:
@@ -259,6 +260,7 @@ class LETSTrainer(Trainer):
             else:
                 torch._foreach_copy_(self._theta, params)
         pending, self._pending, spare = self._pending, None, None
+        trace = self.args.lets_horizon == "trace"  # Z is d theta / d log rho, kept across hyper-steps
         if pending is not None and not self.accelerator.optimizer_step_was_skipped:
             optimizer = getattr(self.optimizer, "optimizer", self.optimizer)
             if optimizer_kind(optimizer) == "other" and not self._warned_optimizer:
@@ -269,13 +271,14 @@ class LETSTrainer(Trainer):
             lrs = {id(g): lr for g, lr in zip(optimizer.param_groups, pending.lrs)}
             w = optimizer_derivative_(pending.u, params, optimizer, lrs, pending.clip_coef)
             spare = None if self._lookahead is None else w  # added into Z: its buffer is free for this step's u
-            self._lookahead = lookahead_add_(self._lookahead, w)
+            scale, decay = (pending.rho or self.rho, 1 - 1 / self.args.lets_trace_steps) if trace else (1.0, 1.0)
+            self._lookahead = lookahead_add_(self._lookahead, w, scale, decay)
         step, interval = self.state.global_step, self.args.lets_interval
         if self._lookahead is not None and (step - 1) % interval == 0:
-            self._w, self._lookahead = self._lookahead, None
+            self._w, self._lookahead = self._lookahead, self._lookahead if trace else None
             self._sums = torch.zeros(4, dtype=torch.float64, device=params[0].device)
             self._sums[:2] = self._heldout_pass(model, params, self._w)
-        if self.args.lets and (self.args.lets_horizon == "interval" or step % interval == 0):
+        if self.args.lets and (self.args.lets_horizon != "step" or step % interval == 0):
             if spare is None:
                 spare = [torch.zeros_like(p) for p in params]
             else:
@@ -289,7 +292,7 @@ class LETSTrainer(Trainer):
             with self.compute_loss_context_manager():
                 loss = self.compute_loss(model, dict(batch))
             self.accelerator.backward(loss)
-        grads = _grads_of(params)
+        grads = grads_of(params)
         s_v = dot(grads, w)
         if self.accelerator.scaler is not None:
             s_v = s_v / self.accelerator.scaler.get_scale()
@@ -332,6 +335,7 @@ class LETSTrainer(Trainer):
             return
         gap = loss_v - loss_b
         dF_drho = hypergradient(gap, s_v, s_b, self.args.lets_objective)
+        dF_drho /= self.rho if self.args.lets_horizon == "trace" else 1.0  # trace's dots are dF/ds
         allow_increase = True
         if self.guard is not None:
             args = self.args
@@ -367,7 +371,7 @@ class LETSTrainer(Trainer):
         if not (self.args.lets_hvp == "secant" and self.args.sam_sync_perturbation):
             all_reduce_mean_(u, self.accelerator.num_processes)  # per-rank ascents or batches: average them
         inv_scale = 1.0 / self.accelerator.scaler.get_scale() if self.accelerator.scaler is not None else 1.0
-        grads = _grads_of(params)
+        grads = grads_of(params)
         if self.args.lets_hvp == "secant":
             torch._foreach_mul_(u, 1.0 / inv_scale)  # bring Gbar into G's (loss-scaled) units
             secant_curvature_(u, grads, rho)
@@ -377,7 +381,7 @@ class LETSTrainer(Trainer):
             norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)).float()) * inv_scale
             clip_coef = torch.clamp(self.args.max_grad_norm / (norm + 1e-6), max=1.0)
         optimizer = getattr(self.optimizer, "optimizer", self.optimizer)
-        return _Pending(u=u, lrs=[g["lr"] for g in optimizer.param_groups], clip_coef=clip_coef)
+        return _Pending(u=u, lrs=[g["lr"] for g in optimizer.param_groups], clip_coef=clip_coef, rho=rho)
 
     def _trainable_params(self) -> list[torch.Tensor]:
         """Parameters SAM perturbs: those with ``requires_grad`` (frozen layers and PEFT bases stay put)."""
@@ -427,7 +431,9 @@ class LETSTrainer(Trainer):
                 "heldout": self._heldout.state_dict() if self._heldout else self._heldout_resume,
                 "last_hyper": self._last_hyper,
                 "history": self.lets_history,
-                "pending": None if pending is None else {"lrs": pending.lrs, "clip_coef": float(pending.clip_coef)},
+                "pending": None
+                if pending is None
+                else {"lrs": pending.lrs, "clip_coef": float(pending.clip_coef), "rho": pending.rho},
             }
             folder = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
             os.makedirs(folder, exist_ok=True)
@@ -455,8 +461,3 @@ class LETSTrainer(Trainer):
         if "u" in buffers:
             self._pending = _Pending(u=buffers["u"], **state["pending"])
         self._lookahead = buffers.get("z")
-
-
-def _grads_of(params: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Each parameter's ``.grad``, zeros for one the loss did not reach (so lists stay aligned with params)."""
-    return [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]

@@ -101,8 +101,16 @@ class LETSTrainingArguments(TrainingArguments):
             "help": "How far the radius looks ahead: 'step' takes the one step before the held-out pass (the "
             "paper's one-step look-ahead), 'interval' sums d theta/d rho over the lets_interval steps since the "
             "last hyper-step (forward mode, each step's Jacobian taken as the identity; one more buffer, no extra "
-            "pass; being measured, docs/results.md section 7).",
+            "pass), 'trace' never restarts that sum and lets old steps fade over lets_trace_steps steps (both "
+            "being measured, docs/results.md section 7).",
             "choices": list(HORIZONS),
+        },
+    )
+    lets_trace_steps: int = field(
+        default=100,
+        metadata={
+            "help": "lets_horizon='trace': the number of steps over which a step's effect on the weights fades "
+            "(by 1/e) in the look-ahead."
         },
     )
     lets_rho_min: float | None = field(
@@ -202,6 +210,7 @@ class LETSTrainingArguments(TrainingArguments):
             f"lets_guard_threshold={self.lets_guard_threshold} must lie in [0, 1), e.g. 0.01 (a 1% fall).",
         )
         _require(self.lets_interval >= 1, f"lets_interval={self.lets_interval} must be >= 1.")
+        _require(self.lets_trace_steps >= 1, f"lets_trace_steps={self.lets_trace_steps} must be >= 1.")
         _require(
             0 < self.lets_heldout_fraction < 1,
             f"lets_heldout_fraction={self.lets_heldout_fraction} must lie in (0, 1), e.g. 0.1.",

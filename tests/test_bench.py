@@ -70,6 +70,7 @@ def test_floors_follow_lets_md():
     assert floors("sam") == {"floor_vs_erm": 2.0, "floor_vs_sam": 1.0}
     assert floors("lets-sam") == {"floor_vs_erm": 2.0 * 1.05, "floor_vs_sam": 1.05}
     assert floors("lets-sam-i1")["floor_vs_sam"] == 1.5
+    assert floors("lets-sam-horizon") == floors("lets-sam")  # the interval look-ahead adds no pass
 
 
 def test_memory_only_reports_memory_without_timing_columns(tmp_path):

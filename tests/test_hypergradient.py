@@ -347,6 +347,7 @@ def run_interval(base_args, horizon, objective):
     args = LETSTrainingArguments(
         **base_args, optim="sgd", learning_rate=LR, lr_scheduler_type="constant", weight_decay=0.0, max_grad_norm=0,
         sam_rho=RHO, lets_interval=3, lets_horizon=horizon, lets_objective=objective, lets_lr=0.05, max_steps=5,
+        lets_trace_steps=4,
         per_device_train_batch_size=4, lets_batch_size=8,
     )  # fmt: skip
     trainer = LETSTrainer(model=model, args=args, train_dataset=data[:16], lets_dataset=data[16:])
@@ -355,10 +356,11 @@ def run_interval(base_args, horizon, objective):
 
 
 @pytest.mark.parametrize("objective", ["heldout", "gap"])
-@pytest.mark.parametrize("horizon", ["interval", "step"])
+@pytest.mark.parametrize("horizon", ["interval", "step", "trace"])
 def test_logged_interval_hypergradient_is_the_sum_over_the_window(base_args, horizon, objective):
     """The second hyper-step (step 5) of a run at lets_interval 3: its w sums steps 2-4 ('interval') or is step 4's
-    alone ('step'), rebuilt by hand from the batches the run used; the first radius step lies between them."""
+    alone ('step'); 'trace' sums rho_k w_k over steps 1-4, fading by 3/4 a step (lets_trace_steps 4), and divides
+    by the current rho. Rebuilt by hand from the batches the run used; the first radius step lies between."""
     trainer, model, data, theta0 = run_interval(base_args, horizon, objective)
     assert [h["step"] for h in trainer.lets_history] == [2, 5]
     label = {tuple(d["x"].tolist()): d["labels"] for d in data}
@@ -370,8 +372,10 @@ def test_logged_interval_hypergradient_is_the_sum_over_the_window(base_args, hor
     thetas = [theta0]
     for b, r in zip(steps, rhos):
         thetas.append(sam_sgd_step(*thetas[-1], [b], r, "sam"))
-    window = range(1, 4) if horizon == "interval" else range(3, 4)  # 0-based steps whose w reach theta_4
-    z = flat([sum(ts) for ts in zip(*[step_derivative(thetas[k], steps[k], rhos[k]) for k in window])])
+    window = {"interval": range(1, 4), "step": range(3, 4), "trace": range(4)}[horizon]  # 0-based steps in Z
+    weight = {k: 0.75 ** (3 - k) * rhos[k] / rhos[4] if horizon == "trace" else 1.0 for k in window}
+    ws = {k: step_derivative(thetas[k], steps[k], rhos[k]) for k in window}
+    z = flat([sum(weight[k] * ws[k][i] for k in window) for i in range(2)])
     theta = [t.clone().requires_grad_() for t in thetas[4]]
     l_v, l_b = loss_fn(*theta, *heldout), loss_fn(*theta, *steps[4])
     h_v = flat(torch.autograd.grad(l_v, theta, retain_graph=True))
