@@ -13,6 +13,9 @@ one LETS run's cost against the fixed-radius grid's, and each LETS method's diff
 to AdamW, judged by the page's rule (under two standard deviations is not a difference).
 With ``results_page: <file>`` the same text replaces what stands between the file's
 ``<!-- sweep-table:<results stem>:start -->`` and ``...:end -->`` markers.
+With ``baselines: {config: <another sweep config>, methods: [...]}`` the table, the comparisons and the plot also
+show those methods' finished runs from the other sweep's results (same tasks and seeds), so that new methods are
+read against a grid run once; the two configs' ``base`` must be equal, or the baselines are refused.
 """
 
 from __future__ import annotations
@@ -231,7 +234,7 @@ def compare(config: dict, records: dict, task: str) -> list[str]:
     return lines
 
 
-def render_details(config: dict, records: dict) -> str:
+def render_details(config: dict, records: dict, own: set[str] | None = None) -> str:
     """Per task: every seed's value and final rho, minutes per run, and the comparisons the page's verdicts rest on.
 
     Wall minutes run from the start of the run's process to its end (loading, training, the dev evaluation): what a
@@ -276,11 +279,12 @@ def render_details(config: dict, records: dict) -> str:
                 break
         out += compare(config, records, task)
         out.append("")
-    hours = sum(r["wall_seconds"] for r in records.values()) / 3600
-    cpu = [r["cpu_seconds"] for r in records.values() if r.get("cpu_seconds") is not None]
-    of = f" (the {len(cpu)} runs that recorded it)" if len(cpu) < len(records) else ""
+    counted = [r for (_, m, _), r in records.items() if own is None or m in own]
+    hours = sum(r["wall_seconds"] for r in counted) / 3600
+    cpu = [r["cpu_seconds"] for r in counted if r.get("cpu_seconds") is not None]
+    of = f" (the {len(cpu)} runs that recorded it)" if len(cpu) < len(counted) else ""
     out.append(
-        f"Machine time of the finished runs ({len(records)}): {hours:.1f} h wall, {sum(cpu) / 3600:.1f} CPU hours{of}."
+        f"Machine time of the finished runs ({len(counted)}): {hours:.1f} h wall, {sum(cpu) / 3600:.1f} CPU hours{of}."
     )
     return re.sub(r"\n{3,}", "\n\n", "\n".join(out))  # one blank line between tasks, whatever a block held
 
@@ -335,14 +339,44 @@ def render_plot(config: dict, records: dict, path: str) -> None:
     plt.close(fig)
 
 
+def with_baselines(config: dict, records: dict) -> tuple[dict, dict]:
+    """The config and records to render: the sweep's own, preceded by the ``baselines`` methods' finished runs of
+    another sweep (its tasks and seeds restricted to this one's). Refused when the two sweeps' ``base`` differ."""
+    spec = config.get("baselines")
+    if not spec:
+        return config, records
+    other = load_config(spec["config"])
+    if other["base"] != config["base"]:
+        keys = sorted(
+            k for k in set(other["base"]) | set(config["base"]) if other["base"].get(k) != config["base"].get(k)
+        )
+        raise ValueError(
+            f"baselines {spec['config']}: its base differs from this sweep's ({', '.join(keys)}); its runs are not "
+            "baselines of these. Make the bases equal or drop 'baselines'."
+        )
+    missing = [m for m in spec["methods"] if m not in other["methods"]]
+    if missing:
+        raise ValueError(f"baselines {spec['config']}: no method {', '.join(missing)} there.")
+    methods = {m: other["methods"][m] for m in spec["methods"] if m not in config["methods"]}
+    wanted = {(t, m, s) for t in config["tasks"] for m in methods for s in config["seeds"]}
+    theirs = {key: r for key, r in finished(other["results"]).items() if key in wanted}
+    return {**config, "methods": {**methods, **config["methods"]}}, {**theirs, **records}
+
+
 def render(config: dict, command: str) -> None:
     planned = set(plan(config))  # runs the config no longer asks for stay in the file, out of the table
     records = {key: r for key, r in finished(config["results"]).items() if key in planned}
     stem = os.path.splitext(config["results"])[0]
     total = len(planned)
-    text = f"{render_table(config, records)}\n\n{len(records)} of {total} runs finished. Command: `{command}`\n"
+    view, shown = with_baselines(config, records)
+    text = f"{render_table(view, shown)}\n\n{len(records)} of {total} runs finished. Command: `{command}`\n"
+    if view is not config:
+        spec = config["baselines"]
+        text += (
+            f"Baselines ({', '.join(m for m in view['methods'] if m not in config['methods'])}): `{spec['config']}`.\n"
+        )
     if config.get("details"):  # per-seed values, minutes per run and the grid comparisons under the table
-        text += f"\n{render_details(config, records)}\n"
+        text += f"\n{render_details(view, shown, own=set(config['methods']))}\n"
     atomic_write_text(f"{stem}.md", text)
     page = config.get("results_page")  # optional: keep a docs page's copy of the table current
     if page and os.path.isfile(page):
@@ -354,7 +388,7 @@ def render(config: dict, command: str) -> None:
             head, rest = content.split(start, 1)
             atomic_write_text(page, head + start + text + rest[rest.index(end) :])
     if records:
-        render_plot(config, records, f"{stem}.png")
+        render_plot(view, shown, f"{stem}.png")
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -171,3 +171,41 @@ def test_plot_names_the_methods_at_each_fixed_radius():
     }
     assert grid_radii(records, "CoLA") == {0.05: ["sam-0.05"], 0.1: ["asam-0.1", "sam-0.1"]}
     assert grid_radii(records, "STS-B") == {}
+
+
+def test_baselines_come_from_the_other_sweep_for_this_sweeps_tasks_and_seeds_only(tmp_path):
+    """A new method is read against a grid run once: the other sweep's listed methods join the table for this
+    sweep's tasks and seeds; another base (other examples, other epochs) is refused, not mixed in."""
+    from glue_runs.sweep import with_baselines
+
+    base = {"num_train_epochs": 3}
+    other = {
+        "output_root": str(tmp_path / "grid"),
+        "results": str(tmp_path / "grid.jsonl"),
+        "base": base,
+        "tasks": ["MRPC", "CoLA"],
+        "seeds": [0, 1, 2],
+        "methods": {"adamw": {"sam_variant": "none"}, "sam-0.01": {"sam_variant": "sam", "sam_rho": 0.01}},
+    }
+    (tmp_path / "grid.yaml").write_text(yaml.safe_dump(other))
+    with open(other["results"], "w") as f:
+        for task in ("MRPC", "CoLA"):
+            for method in other["methods"]:
+                for seed in (0, 1, 2):
+                    f.write(json.dumps({"task": task, "method": method, "seed": seed, "value": seed / 10}) + "\n")
+    config = {
+        "base": base,
+        "tasks": ["MRPC"],
+        "seeds": [1, 2],
+        "methods": {"lets": {"sam_variant": "sam", "lets": True}},
+        "baselines": {"config": str(tmp_path / "grid.yaml"), "methods": ["sam-0.01"]},
+    }
+    mine = {("MRPC", "lets", 1): {"value": 0.5}}
+    view, shown = with_baselines(config, mine)
+    assert list(view["methods"]) == ["sam-0.01", "lets"] and view["methods"]["sam-0.01"]["sam_rho"] == 0.01
+    assert sorted(shown) == [("MRPC", "lets", 1), ("MRPC", "sam-0.01", 1), ("MRPC", "sam-0.01", 2)]
+    assert with_baselines({**config, "baselines": None}, mine) == ({**config, "baselines": None}, mine)
+    with pytest.raises(ValueError, match=r"no method sam-9 there"):
+        with_baselines({**config, "baselines": {**config["baselines"], "methods": ["sam-9"]}}, mine)
+    with pytest.raises(ValueError, match=r"its base differs from this sweep's \(num_train_epochs\)"):
+        with_baselines({**config, "base": {"num_train_epochs": 10}}, mine)
