@@ -280,8 +280,10 @@ def radius_step(
         state: the current radius and optimizer state (not modified).
         dF_drho: the hypergradient ``dF/drho``.
         lr: the radius learning rate (``lets_lr``).
-        optimizer: ``adam`` moves ``s`` by at most about ``lr`` per step whatever the gradient's scale; ``sgd``
-            by ``lr * dF/ds``.
+        optimizer: ``adam`` moves ``s`` by at most about ``lr`` per step whatever the gradient's scale, and by
+            about ``lr`` times the hypergradient's mean/sd when it is noisy; ``signum`` (Bernstein et al., ICML 2018)
+            by exactly ``lr`` per step in the sign of the momentum ``m`` (betas[0]), so a weak but consistent signal
+            moves rho as far as a strong one; ``sgd`` by ``lr * dF/ds``.
         rho_min, rho_max: the bounds ``rho`` is clamped to.
         betas, eps: Adam's constants.
         allow_increase: False while the loss guard is tripped: ``rho`` may only shrink.
@@ -296,10 +298,13 @@ def radius_step(
         v = betas[1] * v + (1 - betas[1]) * grad * grad
         m_hat, v_hat = m / (1 - betas[0] ** steps), v / (1 - betas[1] ** steps)
         log_rho = state.log_rho - lr * m_hat / (math.sqrt(v_hat) + eps)
+    elif optimizer == "signum":
+        m = betas[0] * m + (1 - betas[0]) * grad
+        log_rho = state.log_rho - lr * math.copysign(1.0, m) if m != 0 else state.log_rho
     elif optimizer == "sgd":
         log_rho = state.log_rho - lr * grad
     else:
-        raise ValueError(f"Unknown lets_optimizer {optimizer!r}: use 'adam' or 'sgd'.")
+        raise ValueError(f"Unknown lets_optimizer {optimizer!r}: use 'adam', 'signum' or 'sgd'.")
     if not allow_increase:
         log_rho = min(log_rho, state.log_rho)
     log_rho = min(max(log_rho, math.log(rho_min)), math.log(rho_max))

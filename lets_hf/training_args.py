@@ -16,7 +16,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["LETSTrainingArguments"]
 
 HVP_ESTIMATORS = ("secant", "fisher", "exact")
-RADIUS_OPTIMIZERS = ("adam", "sgd")
+RADIUS_OPTIMIZERS = ("adam", "signum", "sgd")
 
 
 @dataclass
@@ -86,7 +86,11 @@ class LETSTrainingArguments(TrainingArguments):
     )
     lets_optimizer: str = field(
         default="adam",
-        metadata={"help": "Radius optimizer on log rho: 'adam' or 'sgd'.", "choices": list(RADIUS_OPTIMIZERS)},
+        metadata={
+            "help": "Radius optimizer on log rho: 'adam', 'signum' (exactly lets_lr per hyper-step in the sign of "
+            "the hypergradient's momentum; being measured, docs/results.md section 7) or 'sgd'.",
+            "choices": list(RADIUS_OPTIMIZERS),
+        },
     )
     lets_interval: int = field(
         default=10,

@@ -147,6 +147,25 @@ def test_radius_step_bounds_and_no_increase():
     assert sgd.log_rho == pytest.approx(math.log(0.05) - 0.5 * 0.05 * 2.0)
 
 
+def test_signum_moves_lr_per_step_on_a_weak_consistent_signal_where_adam_crawls():
+    """The full-data hypergradient's per-step mean/sd is 0.15-0.56 (results.md section 7): Adam then moves log rho
+    by about lr * mean/sd per hyper-step, signum by lr whenever the momentum's sign holds."""
+    noisy = [3.0, -2.0] * 10  # mean 0.5, sd 2.5: "smaller" on average, every other value says "larger"
+    runs = {}
+    for optimizer in ("adam", "signum"):
+        state = RadiusState(math.log(0.05))
+        for g in noisy:
+            state = radius_step(state, g, lr=0.1, optimizer=optimizer, rho_min=1e-6, rho_max=1.0)
+        runs[optimizer] = math.log(0.05) - state.log_rho
+    assert runs["signum"] == pytest.approx(20 * 0.1)  # m = 0.9 m + 0.1 g stays positive throughout
+    assert 0 < runs["adam"] < 0.5 * runs["signum"]
+    state = RadiusState(math.log(0.05))
+    for g in (1.0, 1.0, 1.0, -20.0):  # one large opposite value outweighs the momentum of three: up by lr
+        before = state.log_rho
+        state = radius_step(state, g, lr=0.1, optimizer="signum", rho_min=1e-6, rho_max=1.0)
+    assert state.log_rho - before == pytest.approx(0.1) and state.log_rho == pytest.approx(math.log(0.05) - 0.2)
+
+
 def test_loss_guard_trips_on_a_rising_loss():
     guard = LossGuard(tolerance=0.2, beta=0.0)
     assert [guard.update(x) for x in [1.0, 0.8, 0.7, 0.75]] == [None] * 4
