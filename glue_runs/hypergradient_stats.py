@@ -14,6 +14,12 @@ its heavy tails do not distort, the largest value over the median size, and how 
 hypergradient an estimate would have to average for a signal-to-noise of 1, (sd/mean)^2, if the run were stationary:
 a rough scale for any averaging scheme (more held-out batches, or the look-ahead summed over more steps), not a
 promise, since it cannot tell which source the noise comes from. Pure Python: no torch.
+
+``--replay adam signum`` (results JSONL only) feeds each run's recorded ``dF/ds = rho dF/drho`` to the library's own
+radius step (`lets_hf.hypergradient.radius_step`, default ``lets_lr`` and bounds of the run's start) and prints
+where rho would have ended under each radius optimizer. Open loop: the values stay those recorded along the run's own
+trajectory, so it ranks optimizers on the same noise, it does not predict a run; the loss guard is not replayed (a run
+its trips cut, as full CoLA's, is not comparable).
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ __all__ = [
     "read_hypergradients",
     "read_records",
     "render",
+    "replay",
     "summarize",
 ]
 
@@ -118,6 +125,34 @@ def read_records(path: str) -> list[tuple[str, list[float]]]:
     return sorted(runs)
 
 
+def replay(record: dict, optimizer: str, travel: float = 100.0) -> float:
+    """The final rho ``radius_step`` reaches on a record's recorded ``dF/ds`` (see the module docstring)."""
+    from lets_hf.hypergradient import RadiusState, radius_step  # torch: only for a replay
+
+    history = [h for h in record["lets_history"] if float(h["hypergradient"]) != 0.0]
+    rho0 = record["settings"]["sam_rho"]
+    lr = math.log(travel) / max(10, len(history))
+    state = RadiusState(math.log(rho0))
+    for h in history:
+        ds = float(h["rho"]) * float(h["hypergradient"])
+        state = radius_step(state, ds / state.rho, lr=lr, optimizer=optimizer, rho_min=rho0 / 100, rho_max=rho0 * 10)
+    return state.rho
+
+
+def render_replay(path: str, optimizers: Sequence[str]) -> str:
+    """A markdown table: each LETS record of a results JSONL, its final rho and the replayed ones."""
+    lines = ["| run | final rho | " + " | ".join(f"replayed: {o}" for o in optimizers) + " |"]
+    lines.append("|---|---|" + "---|" * len(optimizers))
+    with open(path) as f:
+        records = sorted(
+            (json.loads(line) for line in f if line.strip()), key=lambda r: (r["task"], r["method"], r["seed"])
+        )
+    for r in [r for r in records if r.get("lets_history")]:
+        cells = " | ".join(f"{replay(r, o):.3g}" for o in optimizers)
+        lines.append(f"| {r['task']}/{r['method']}/seed{r['seed']} | {r['final_rho']:.3g} | {cells} |")
+    return "\n".join(lines)
+
+
 def _runs(source: str) -> list[tuple[str, list[float]]]:
     if os.path.isfile(source):
         return read_records(source)
@@ -155,9 +190,14 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument(
         "root", help="a sweep's results JSONL (docs/results/...) or a folder of runs with lets_history.csv files"
     )
+    parser.add_argument(
+        "--replay", nargs="+", metavar="OPTIMIZER", help="replay the recorded values through these radius optimizers"
+    )
     args = parser.parse_args(argv)
+    if args.replay and not os.path.isfile(args.root):
+        parser.error("--replay reads a sweep's results JSONL (its records keep rho and the settings)")
     try:
-        table = render(args.root)
+        table = render_replay(args.root, args.replay) if args.replay else render(args.root)
     except (FileNotFoundError, ValueError) as err:
         parser.error(str(err))
     print(table)

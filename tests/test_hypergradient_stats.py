@@ -77,3 +77,20 @@ def test_main_reads_the_committed_sweep_records(tmp_path):
     path.write_text(json.dumps(rows[1]) + "\n")
     with pytest.raises(SystemExit):
         main([str(path)])
+
+
+def test_replay_ranks_radius_optimizers_on_a_records_recorded_values(tmp_path, capsys):
+    """A weak but consistent signal (every other value says "larger"): signum takes rho its full reach, ln(100)
+    over 12 hyper-steps to rho0 / 100, Adam a fraction of it; both through the library's own radius step."""
+    history = [{"step": 2 + 10 * i, "rho": 0.1, "hypergradient": v} for i, v in enumerate([3.0, -2.0] * 6)]
+    record = {"task": "MRPC", "method": "lets", "seed": 0, "final_rho": 0.05, "settings": {"sam_rho": 0.1}}
+    path = tmp_path / "sweep.jsonl"
+    path.write_text(json.dumps({**record, "lets_history": history}) + "\n")
+    from glue_runs.hypergradient_stats import replay
+
+    assert replay({**record, "lets_history": history}, "signum") == pytest.approx(0.001)
+    assert 0.005 < replay({**record, "lets_history": history}, "adam") < 0.1
+    assert main([str(path), "--replay", "signum"]).splitlines()[2] == "| MRPC/lets/seed0 | 0.05 | 0.001 |"
+    with pytest.raises(SystemExit):
+        main([str(tmp_path), "--replay", "adam"])
+    assert "--replay reads a sweep's results JSONL" in capsys.readouterr().err
