@@ -269,7 +269,13 @@ def render_details(config: dict, records: dict, own: set[str] | None = None) -> 
         for method in config["methods"]:
             lets_runs = _runs(records, task, method)
             flags = config["methods"][method]
-            if flags.get("lets") and variant(config, method) == "sam" and lets_runs and len(grid_runs) == len(grid):
+            if (
+                flags.get("lets")
+                and variant(config, method) == "sam"
+                and lets_runs
+                and grid
+                and len(grid_runs) == len(grid)
+            ):
                 lets_min = statistics.fmean(r["wall_seconds"] for r in lets_runs) / 60
                 grid_min = sum(r["wall_seconds"] for r in grid_runs) / 60
                 out.append(

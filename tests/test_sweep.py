@@ -150,6 +150,8 @@ def test_details_give_per_seed_values_costs_and_the_two_sd_rule():
     assert "lets vs the best fixed radius of its variant (sam-a): +0.000 (two sd: 0.028): **not a difference**" in text
     assert "lets vs plain AdamW (adamw): +0.040 (two sd: 0.028): **better**" in text
     assert "Machine time of the finished runs (8): 0.6 h wall, 1.0 CPU hours (the 6 runs that recorded it)." in text
+    alone = {**config, "methods": {"lets": config["methods"]["lets"]}}  # no grid in the sweep: no cost line
+    assert "Cost:" not in render_details(alone, {k: r for k, r in records.items() if k[1] == "lets"})
 
 
 def test_plot_names_the_methods_at_each_fixed_radius():
