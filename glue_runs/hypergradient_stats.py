@@ -127,11 +127,11 @@ def read_records(path: str) -> list[tuple[str, list[float]]]:
 
 def replay(record: dict, optimizer: str, travel: float = 100.0) -> float:
     """The final rho ``radius_step`` reaches on a record's recorded ``dF/ds`` (see the module docstring)."""
-    from lets_hf.hypergradient import RadiusState, radius_step  # torch: only for a replay
+    from lets_hf.hypergradient import RadiusState, radius_lr, radius_step  # torch: only for a replay
 
     history = [h for h in record["lets_history"] if float(h["hypergradient"]) != 0.0]
     rho0 = record["settings"]["sam_rho"]
-    lr = math.log(travel) / max(10, len(history))
+    lr = radius_lr(travel, len(history), 1)  # the default lets_lr of a run with this many hyper-steps
     state = RadiusState(math.log(rho0))
     for h in history:
         ds = float(h["rho"]) * float(h["hypergradient"])

@@ -178,13 +178,13 @@ def lookahead_add_(
         lookahead: ``Z`` so far (updated in place), or None at the first step of a window.
         w: this step's ``w = -lr c P u`` (`optimizer_derivative_`); becomes ``Z`` when ``lookahead`` is None.
     """
-    if scale != 1.0:
-        torch._foreach_mul_(w, scale)
     if lookahead is None:
+        if scale != 1.0:
+            torch._foreach_mul_(w, scale)
         return w
     if decay != 1.0:
         torch._foreach_mul_(lookahead, decay)
-    torch._foreach_add_(lookahead, w)
+    torch._foreach_add_(lookahead, w, alpha=scale)  # the scale fused into the add: no extra pass over w
     return lookahead
 
 
@@ -300,7 +300,7 @@ def radius_step(
         log_rho = state.log_rho - lr * m_hat / (math.sqrt(v_hat) + eps)
     elif optimizer == "signum":
         m = betas[0] * m + (1 - betas[0]) * grad
-        log_rho = state.log_rho - lr * math.copysign(1.0, m) if m != 0 else state.log_rho
+        log_rho = (state.log_rho - lr * math.copysign(1.0, m)) if m != 0 else state.log_rho
     elif optimizer == "sgd":
         log_rho = state.log_rho - lr * grad
     else:

@@ -271,10 +271,12 @@ class LETSTrainer(Trainer):
             lrs = {id(g): lr for g, lr in zip(optimizer.param_groups, pending.lrs)}
             w = optimizer_derivative_(pending.u, params, optimizer, lrs, pending.clip_coef)
             spare = None if self._lookahead is None else w  # added into Z: its buffer is free for this step's u
-            scale, decay = (pending.rho or self.rho, 1 - 1 / self.args.lets_trace_steps) if trace else (1.0, 1.0)
+            rho_k = self.rho if pending.rho is None else pending.rho
+            scale, decay = (rho_k, 1 - 1 / self.args.lets_trace_steps) if trace else (1.0, 1.0)
             self._lookahead = lookahead_add_(self._lookahead, w, scale, decay)
         step, interval = self.state.global_step, self.args.lets_interval
         if self._lookahead is not None and (step - 1) % interval == 0:
+            # trace: _w aliases Z; this step's dots read it before the next step adds into it
             self._w, self._lookahead = self._lookahead, self._lookahead if trace else None
             self._sums = torch.zeros(4, dtype=torch.float64, device=params[0].device)
             self._sums[:2] = self._heldout_pass(model, params, self._w)
