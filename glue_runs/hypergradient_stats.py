@@ -17,9 +17,10 @@ promise, since it cannot tell which source the noise comes from. Pure Python: no
 
 ``--replay adam signum`` (results JSONL only) feeds each run's recorded ``dF/ds = rho dF/drho`` to the library's own
 radius step (`lets_hf.hypergradient.radius_step`, default ``lets_lr`` and bounds of the run's start) and prints
-where rho would have ended under each radius optimizer. Open loop: the values stay those recorded along the run's own
-trajectory, so it ranks optimizers on the same noise, it does not predict a run; the loss guard is not replayed (a run
-its trips cut, as full CoLA's, is not comparable).
+where rho would have ended under each radius optimizer; ``--clip 3`` and ``--travel 1e4`` replay with those
+``lets_clip`` and ``lets_travel`` (one setting per call). Open loop: the values stay those recorded along the run's
+own trajectory, so it ranks optimizers on the same noise, it does not predict a run; the loss guard is not replayed
+(a run its trips cut, as full CoLA's, is not comparable).
 """
 
 from __future__ import annotations
@@ -125,8 +126,9 @@ def read_records(path: str) -> list[tuple[str, list[float]]]:
     return sorted(runs)
 
 
-def replay(record: dict, optimizer: str, travel: float = 100.0) -> float:
-    """The final rho ``radius_step`` reaches on a record's recorded ``dF/ds`` (see the module docstring)."""
+def replay(record: dict, optimizer: str, travel: float = 100.0, clip: float = 0.0) -> float:
+    """The final rho ``radius_step`` reaches on a record's recorded ``dF/ds`` with this ``lets_optimizer``,
+    ``lets_travel`` and ``lets_clip`` (see the module docstring)."""
     from lets_hf.hypergradient import RadiusState, radius_lr, radius_step  # torch: only for a replay
 
     history = [h for h in record["lets_history"] if float(h["hypergradient"]) != 0.0]
@@ -135,11 +137,13 @@ def replay(record: dict, optimizer: str, travel: float = 100.0) -> float:
     state = RadiusState(math.log(rho0))
     for h in history:
         ds = float(h["rho"]) * float(h["hypergradient"])
-        state = radius_step(state, ds / state.rho, lr=lr, optimizer=optimizer, rho_min=rho0 / 100, rho_max=rho0 * 10)
+        state = radius_step(
+            state, ds / state.rho, lr=lr, optimizer=optimizer, rho_min=rho0 / 100, rho_max=rho0 * 10, clip=clip
+        )
     return state.rho
 
 
-def render_replay(path: str, optimizers: Sequence[str]) -> str:
+def render_replay(path: str, optimizers: Sequence[str], travel: float = 100.0, clip: float = 0.0) -> str:
     """A markdown table: each LETS record of a results JSONL, its final rho and the replayed ones."""
     lines = ["| run | final rho | " + " | ".join(f"replayed: {o}" for o in optimizers) + " |"]
     lines.append("|---|---|" + "---|" * len(optimizers))
@@ -148,7 +152,7 @@ def render_replay(path: str, optimizers: Sequence[str]) -> str:
             (json.loads(line) for line in f if line.strip()), key=lambda r: (r["task"], r["method"], r["seed"])
         )
     for r in [r for r in records if r.get("lets_history")]:
-        cells = " | ".join(f"{replay(r, o):.3g}" for o in optimizers)
+        cells = " | ".join(f"{replay(r, o, travel, clip):.3g}" for o in optimizers)
         lines.append(f"| {r['task']}/{r['method']}/seed{r['seed']} | {r['final_rho']:.3g} | {cells} |")
     return "\n".join(lines)
 
@@ -193,11 +197,13 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument(
         "--replay", nargs="+", metavar="OPTIMIZER", help="replay the recorded values through these radius optimizers"
     )
+    parser.add_argument("--travel", type=float, default=100.0, help="--replay with this lets_travel (default 100)")
+    parser.add_argument("--clip", type=float, default=0.0, help="--replay with this lets_clip (default 0: off)")
     args = parser.parse_args(argv)
     if args.replay and not os.path.isfile(args.root):
         parser.error("--replay reads a sweep's results JSONL (its records keep rho and the settings)")
     try:
-        table = render_replay(args.root, args.replay) if args.replay else render(args.root)
+        table = render_replay(args.root, args.replay, args.travel, args.clip) if args.replay else render(args.root)
     except (FileNotFoundError, ValueError) as err:
         parser.error(str(err))
     print(table)

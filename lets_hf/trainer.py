@@ -350,6 +350,7 @@ class LETSTrainer(Trainer):
             dF_drho,
             lr=self.radius_lr,
             optimizer=self.args.lets_optimizer,
+            clip=self.args.lets_clip,
             rho_min=self.args.lets_rho_min,
             rho_max=self.args.lets_rho_max,
             allow_increase=allow_increase,

@@ -92,6 +92,14 @@ class LETSTrainingArguments(TrainingArguments):
             "choices": list(RADIUS_OPTIMIZERS),
         },
     )
+    lets_clip: float = field(
+        default=0.0,
+        metadata={
+            "help": "Clip each hyper-step's dF/d log rho to this multiple of the median size of the latest 10 "
+            "before the radius optimizer sees it, so one heavy-tailed value counts as a few ordinary ones "
+            "(0: off; being measured, docs/results.md section 7)."
+        },
+    )
     lets_interval: int = field(
         default=10,
         metadata={
@@ -212,6 +220,10 @@ class LETSTrainingArguments(TrainingArguments):
         _require(
             0 <= self.lets_guard_threshold < 1,
             f"lets_guard_threshold={self.lets_guard_threshold} must lie in [0, 1), e.g. 0.01 (a 1% fall).",
+        )
+        _require(
+            self.lets_clip >= 0 and math.isfinite(self.lets_clip),
+            f"lets_clip={self.lets_clip} must be >= 0 (a multiple of the recent median size, e.g. 3; 0: off).",
         )
         _require(self.lets_interval >= 1, f"lets_interval={self.lets_interval} must be >= 1.")
         _require(self.lets_trace_steps >= 1, f"lets_trace_steps={self.lets_trace_steps} must be >= 1.")

@@ -20,6 +20,7 @@ DDP_CASES = {
     "lets_per_rank_accum2": (dict(sam_sync_perturbation=False), 2),
     "lets_per_rank_fisher": (dict(sam_sync_perturbation=False, lets_hvp="fisher", sam_variant="asam"), 1),
     "lets_sync_interval2": (dict(sam_sync_perturbation=True, lets_interval=2, lets_horizon="interval"), 1),
+    "lets_sync_clip": (dict(sam_sync_perturbation=True, lets_interval=1, lets_clip=0.1), 1),
     "lets_sync_trace": (dict(sam_sync_perturbation=True, lets_interval=2, lets_horizon="trace"), 1),
     "lets_per_rank_interval2_accum2": (dict(sam_sync_perturbation=False, lets_interval=2, lets_horizon="interval"), 2),
 }

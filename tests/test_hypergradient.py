@@ -2,6 +2,7 @@
 equals a central finite difference of F(rho); the pure pieces (u estimators, w, radius step) against hand values."""
 
 import math
+import statistics
 
 import pytest
 import torch
@@ -9,8 +10,10 @@ from toy import LR, LinearRegressor, loss_fn, regression_data, rule_data, sam_sg
 
 from lets_hf import LETSTrainer, LETSTrainingArguments, RadiusState, radius_step
 from lets_hf.hypergradient import (
+    CLIP_WINDOW,
     MIN_HYPER_STEPS,
     LossGuard,
+    clip_to_recent,
     constant_predictor_loss,
     fisher_curvature,
     guarded_log_rho,
@@ -164,6 +167,42 @@ def test_signum_moves_lr_per_step_on_a_weak_consistent_signal_where_adam_crawls(
         before = state.log_rho
         state = radius_step(state, g, lr=0.1, optimizer="signum", rho_min=1e-6, rho_max=1.0)
     assert state.log_rho - before == pytest.approx(0.1) and state.log_rho == pytest.approx(math.log(0.05) - 0.2)
+
+
+def test_clip_to_recent_bounds_a_value_by_a_multiple_of_the_recent_median_size():
+    recent = [1.0, 2.0, 3.0, 10.0]  # median 2.5: the outlier 10 does not move the scale
+    assert clip_to_recent(100.0, recent, 3.0) == pytest.approx(7.5)
+    assert clip_to_recent(-100.0, recent, 3.0) == pytest.approx(-7.5)
+    assert clip_to_recent(5.0, recent, 3.0) == 5.0  # inside the bound: untouched
+    assert clip_to_recent(100.0, [], 3.0) == 100.0  # nothing to scale by yet
+    assert clip_to_recent(100.0, recent, 0.0) == 100.0  # lets_clip off
+
+
+def test_radius_step_keeps_the_latest_raw_sizes_and_clips_before_the_optimizer():
+    state = RadiusState(math.log(0.1))
+    for g in range(1, CLIP_WINDOW + 3):  # dF/ds = rho * dF/drho = g
+        state = radius_step(state, float(g) / state.rho, lr=0.1, optimizer="sgd", rho_min=1e-9, rho_max=1.0, clip=1.0)
+    assert state.recent == pytest.approx(list(range(3, CLIP_WINDOW + 3)))  # the latest raw sizes, not clipped
+    before = state.log_rho  # sgd moves log rho by lr * (the clipped dF/ds): the bound is 1 x median(recent)
+    after = radius_step(state, 1e6 / state.rho, lr=0.1, optimizer="sgd", rho_min=1e-9, rho_max=1.0, clip=1.0)
+    assert before - after.log_rho == pytest.approx(0.1 * statistics.median(state.recent))
+
+
+def test_clipping_keeps_one_heavy_tailed_value_from_turning_signum():
+    """Full STS-B seed 2 (results.md section 7): after a run of ordinary values pointing down, two values 135x the
+    median turned signum's momentum and rho climbed for 24 hyper-steps. Clipped at 3x the median they weigh as six
+    ordinary votes against the momentum of twenty, and rho keeps falling."""
+    values = [1.0] * 20 + [-135.0, -120.0] + [1.0] * 3
+    final = {}
+    for clip in (0.0, 3.0):
+        state, path = RadiusState(math.log(0.1)), []
+        for g in values:
+            state = radius_step(state, g / state.rho, lr=0.1, optimizer="signum", rho_min=1e-6, rho_max=1.0, clip=clip)
+            path.append(state.log_rho)
+        final[clip] = path
+    assert final[0.0][21] > final[0.0][19]  # unclipped: the pair sends rho up
+    assert all(b < a for a, b in zip(final[3.0], final[3.0][1:]))  # clipped: down by lr at every hyper-step
+    assert final[3.0][-1] == pytest.approx(math.log(0.1) - 0.1 * len(values))
 
 
 def test_loss_guard_trips_on_a_rising_loss():

@@ -94,3 +94,23 @@ def test_replay_ranks_radius_optimizers_on_a_records_recorded_values(tmp_path, c
     with pytest.raises(SystemExit):
         main([str(tmp_path), "--replay", "adam"])
     assert "--replay reads a sweep's results JSONL" in capsys.readouterr().err
+
+
+def test_replay_with_a_clip_keeps_a_heavy_tailed_pair_from_turning_the_radius(tmp_path):
+    """A consistent "smaller" with two values 100x the median against it (full STS-B seed 2's shape): unclipped,
+    the pair turns signum's momentum and rho ends above where it would have; clipped at 3x the median, it does
+    not, and rho ends at its bound; lets_travel 1e4 doubles each step."""
+    values = [1.0] * 20 + [-100.0, -100.0] + [1.0] * 10
+    history = [{"step": 2 + 10 * i, "rho": 0.1, "hypergradient": v} for i, v in enumerate(values)]
+    record = {"task": "STS-B", "method": "lets", "seed": 2, "final_rho": 0.05, "settings": {"sam_rho": 0.1}}
+    record["lets_history"] = history
+    from glue_runs.hypergradient_stats import replay
+
+    lr = math.log(100) / len(values)  # the default lets_lr of a run of 32 hyper-steps
+    assert replay(record, "signum") > 0.1 * math.exp(-lr * (len(values) - 4))  # lost ground to the pair
+    assert replay(record, "signum", clip=3.0) == pytest.approx(0.1 * math.exp(-lr * len(values)))
+    assert replay(record, "signum", travel=1e4, clip=3.0) == pytest.approx(0.001)  # at the bound rho0 / 100
+    path = tmp_path / "sweep.jsonl"
+    path.write_text(json.dumps(record) + "\n")
+    table = main([str(path), "--replay", "signum", "--clip", "3"]).splitlines()
+    assert table[2] == f"| STS-B/lets/seed2 | 0.05 | {0.1 * math.exp(-lr * len(values)):.3g} |"

@@ -230,11 +230,13 @@ def test_training_logs_carry_rho_gap_and_hypergradient(base_args):
 
 
 @pytest.mark.parametrize(
-    "interval,n_accum,horizon",
-    [(1, 1, "interval"), (2, 2, "interval"), (3, 1, "interval"), (2, 2, "step"), (2, 1, "trace")],
-)
-def test_resume_equals_uninterrupted_run(tmp_path, base_args, interval, n_accum, horizon):
-    """checkpoint-3 falls inside a window at interval 2 and 3: the look-ahead Z summed so far must round-trip."""
+    "interval,n_accum,horizon,clip",
+    [(1, 1, "interval", 0.0), (2, 2, "interval", 0.0), (3, 1, "interval", 0.0), (2, 2, "step", 0.0),
+     (2, 1, "trace", 0.0), (1, 1, "interval", 0.1)],
+)  # fmt: skip
+def test_resume_equals_uninterrupted_run(tmp_path, base_args, interval, n_accum, horizon, clip):
+    """checkpoint-3 falls inside a window at interval 2 and 3: the look-ahead Z summed so far must round-trip; at
+    lets_clip 0.1 every hyper-step after the first is clipped by the recent sizes, which must round-trip too."""
 
     class Interrupt(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
@@ -252,6 +254,7 @@ def test_resume_equals_uninterrupted_run(tmp_path, base_args, interval, n_accum,
             gradient_accumulation_steps=n_accum,
             lets_interval=interval,
             lets_horizon=horizon,
+            lets_clip=clip,
             lets_lr=0.2,
             lets_batch_size=3,
         )

@@ -29,6 +29,7 @@ from lets_hf import LETSTrainingArguments
         (dict(lets_guard_threshold=1.0), r"lets_guard_threshold=1.0 must lie in \[0, 1\)"),
         (dict(lets_objective="metric"), r"lets_objective='metric' must be one of \('gap', 'heldout'\)"),
         (dict(lets_travel=1.0), r"lets_travel=1.0 must be > 1"),
+        (dict(lets_clip=-1.0), r"lets_clip=-1.0 must be >= 0"),
     ],
 )
 def test_invalid_settings_are_refused_with_the_fix(tmp_path, kw, match):
@@ -53,7 +54,7 @@ def test_every_field_is_a_cli_flag_with_help(tmp_path):
         for f in dataclasses.fields(LETSTrainingArguments)
         if f.name not in {g.name for g in dataclasses.fields(TrainingArguments)}
     ]
-    assert len(ours) == 20
+    assert len(ours) == 21
     assert all(len(f.metadata.get("help", "")) > 20 for f in ours), [
         f.name for f in ours if not f.metadata.get("help")
     ]
