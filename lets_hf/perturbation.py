@@ -9,6 +9,11 @@ direction ``d``; the perturbation is ``eps = rho * d``:
   biases and normalisation weights (1-D tensors).
 
 New variants are registered with :func:`register_perturbation` and selected by ``sam_variant``.
+
+Cheaper SAM (``sam_every = k``): only every k-th optimizer step is perturbed. LookSAM (Liu et al., CVPR 2022)
+keeps, from the perturbed step, the part of the SAM gradient ``G = grad l(theta + rho d)`` orthogonal to the plain
+gradient ``g``, ``g_v = G - (G.g / g.g) g`` (`orthogonal_part_`), and adds it back on the k-1 plain steps in between,
+rescaled to the new gradient: ``g + alpha ||g|| / ||g_v|| g_v`` (`looksam_gradient_`).
 """
 
 from __future__ import annotations
@@ -19,12 +24,16 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
+from .tensor_lists import dot
+
 __all__ = [
     "Direction",
     "asam_direction",
     "available_perturbations",
     "get_perturbation",
     "global_norm",
+    "looksam_gradient_",
+    "orthogonal_part_",
     "register_perturbation",
     "sam_direction",
 ]
@@ -94,6 +103,46 @@ def asam_direction(params: list[Tensor], grads: list[Tensor], *, eta: float = 0.
     d = torch._foreach_mul(tg, t)  # T^2 g
     torch._foreach_mul_(d, scale.to(grads[0].dtype))
     return d
+
+
+def orthogonal_part_(g: list[Tensor], G: list[Tensor]) -> list[Tensor]:
+    """LookSAM's reused component, in place of ``g``: the part of the SAM gradient orthogonal to the plain one.
+
+    ``g_v = G - (G^T g / g^T g) g``. ``G - g = rho H d + O(rho^2)`` and ``g`` has no part orthogonal to itself,
+    so ``g_v = rho (I - g g^T / g^T g) H d + O(rho^2)``: the curvature that SAM's step adds and the plain step lacks.
+
+    Args:
+        g: the plain gradients ``grad l(theta)`` of the perturbed step (overwritten with ``g_v``).
+        G: the SAM gradients ``grad l(theta + rho d)`` of the same step, in ``g``'s units.
+    Returns:
+        ``g``, now holding ``g_v``.
+    """
+    if not g:
+        return g
+    coef = dot(G, g) / (dot(g, g) + _TINY)  # 0-dim float64, no host sync
+    torch._foreach_mul_(g, (-coef).to(g[0].dtype))
+    torch._foreach_add_(g, G)
+    return g
+
+
+def looksam_gradient_(grads: list[Tensor], g_v: list[Tensor], alpha: float) -> list[Tensor]:
+    """A LookSAM step's gradient, in place: ``g <- g + alpha ||g|| / ||g_v|| g_v``.
+
+    The reused direction is rescaled to the current gradient's size, so it carries over however the gradient's
+    scale changes between perturbed steps (and whatever loss scale ``grads`` are in: ``g_v`` may be unscaled).
+
+    Args:
+        grads: the plain gradients ``g`` of this step (modified).
+        g_v: `orthogonal_part_` of the last perturbed step.
+        alpha: LookSAM's weight (``looksam_alpha``; 0.7 in the paper's ViT runs).
+    Returns:
+        ``grads``.
+    """
+    if not grads:
+        return grads
+    scale = alpha * global_norm(grads) / (global_norm(g_v) + _TINY)
+    torch._foreach_add_(grads, torch._foreach_mul(g_v, scale.to(g_v[0].dtype)))
+    return grads
 
 
 _REGISTRY: dict[str, Direction] = {"sam": sam_direction, "asam": asam_direction}

@@ -42,7 +42,7 @@ from .hypergradient import (
     radius_step,
     secant_curvature_,
 )
-from .perturbation import get_perturbation
+from .perturbation import get_perturbation, looksam_gradient_, orthogonal_part_
 from .tensor_lists import all_reduce_mean_, dot, grads_of
 from .training_args import _BACKEND_MESSAGE, LETSTrainingArguments
 
@@ -153,6 +153,8 @@ class LETSTrainer(Trainer):
         self.lets_history: list[dict[str, float]] = []
         self._last_hyper: dict[str, float] = {}
         self._micro_step = 0
+        self._perturb = True  # this optimizer step is perturbed (every sam_every-th; the others are plain)
+        self._look: list[torch.Tensor] | None = None  # LookSAM: the plain gradient, then g_v (sam_reuse='looksam')
         self._pending: _Pending | None = None  # fed by step t-1, consumed by step t
         self._lookahead: list[torch.Tensor] | None = None  # Z, d theta / d rho summed over the window so far
         self._w: list[torch.Tensor] | None = None  # the Z of the hyper-step in progress
@@ -195,8 +197,23 @@ class LETSTrainer(Trainer):
         params = self._trainable_params()
         n_accum = self.current_gradient_accumulation_steps
         if self._micro_step == 0:
+            self._perturb = self.state.global_step % self.args.sam_every == 0
             self._begin_optimizer_step(model, params)
+        if self._perturb:
+            loss = self._sam_micro_batch(model, inputs, params, n_accum)
+        else:  # the stock step: one pass at theta
+            loss = self._descent(model, inputs, n_accum)
+            if self._sums is not None:  # l(theta; B') of the hyper-step in progress (g'^T w: at the step's end)
+                self._sums[2] += loss.double() / n_accum
 
+        self._micro_step += 1
+        if self.accelerator.sync_gradients:
+            self._end_optimizer_step(params)
+            self._micro_step = 0
+        return loss / n_accum
+
+    def _sam_micro_batch(self, model, inputs, params, n_accum: int) -> torch.Tensor:
+        """Ascent, perturbation, descent, restore; the LETS sums and curvature of this micro-batch; its loss."""
         accumulated = [p.grad for p in params]  # set aside what earlier micro-batches accumulated
         for p in params:
             p.grad = None
@@ -206,6 +223,8 @@ class LETSTrainer(Trainer):
         d = self.direction(params, grads, eta=self.args.asam_eta) if finite else None
         if self._u_acc is not None and finite:
             self._accumulate_curvature(grads, d, n_accum)
+        if self._look is not None and finite:
+            torch._foreach_add_(self._look, grads, alpha=1.0 / n_accum)
         del grads
         for p, a in zip(params, accumulated):
             p.grad = a
@@ -218,12 +237,7 @@ class LETSTrainer(Trainer):
         self._descent(model, inputs, n_accum)
         with torch.no_grad():
             torch._foreach_copy_(params, self._theta)
-
-        self._micro_step += 1
-        if self.accelerator.sync_gradients:
-            self._end_optimizer_step(params)
-            self._micro_step = 0
-        return loss.detach() / n_accum
+        return loss.detach()
 
     def _ascent(self, model, inputs, params) -> tuple[torch.Tensor, list[torch.Tensor], bool]:
         """``l(theta; B)`` and its gradient ``g`` (unscaled; averaged over ranks when the perturbation is global)."""
@@ -242,11 +256,13 @@ class LETSTrainer(Trainer):
             finite = bool(torch.isfinite(torch.stack(torch._foreach_norm(grads))).all())  # a host sync, fp16 only
         return loss, grads, finite
 
-    def _descent(self, model, inputs, n_accum: int) -> None:
-        """Backward of ``l(theta + eps; B) / n_accum`` into the accumulated gradients (DDP syncs on the last one)."""
+    def _descent(self, model, inputs, n_accum: int) -> torch.Tensor:
+        """Backward of ``l(theta + eps; B) / n_accum`` into the accumulated gradients (DDP syncs on the last one);
+        ``l``. On a plain step ``eps = 0``: the stock step."""
         with self.compute_loss_context_manager():
             loss = self.compute_loss(model, dict(inputs))
         self.accelerator.backward(loss / n_accum)
+        return loss.detach()
 
     # ------------------------------------------------------------------------------------------------------------
     # LETS bookkeeping
@@ -254,11 +270,15 @@ class LETSTrainer(Trainer):
     def _begin_optimizer_step(self, model, params) -> None:
         """Save theta; turn the pending u into w and add it to the look-ahead Z; on a hyper-step (the step after a
         multiple of lets_interval) run the held-out pass on Z; open a curvature buffer if this step feeds."""
-        with torch.no_grad():
-            if self._theta is None:
-                self._theta = [p.detach().clone() for p in params]
-            else:
-                torch._foreach_copy_(self._theta, params)
+        if self._perturb:
+            with torch.no_grad():
+                if self._theta is None:
+                    self._theta = [p.detach().clone() for p in params]
+                else:
+                    torch._foreach_copy_(self._theta, params)
+            if self.args.sam_reuse == "looksam" and self.args.sam_every > 1:
+                self._look = [torch.zeros_like(p) for p in params] if self._look is None else self._look
+                torch._foreach_zero_(self._look)
         pending, self._pending, spare = self._pending, None, None
         trace = self.args.lets_horizon == "trace"  # Z is d theta / d log rho, kept across hyper-steps
         if pending is not None and not self.accelerator.optimizer_step_was_skipped:
@@ -280,7 +300,7 @@ class LETSTrainer(Trainer):
             self._w, self._lookahead = self._lookahead, self._lookahead if trace else None
             self._sums = torch.zeros(4, dtype=torch.float64, device=params[0].device)
             self._sums[:2] = self._heldout_pass(model, params, self._w)
-        if self.args.lets and (self.args.lets_horizon != "step" or step % interval == 0):
+        if self.args.lets and self._perturb and (self.args.lets_horizon != "step" or step % interval == 0):
             if spare is None:
                 spare = [torch.zeros_like(p) for p in params]
             else:
@@ -321,11 +341,38 @@ class LETSTrainer(Trainer):
         """After the last micro-batch: the radius step of the hyper-step in progress, then u for the next one."""
         rho = self.rho
         if self._w is not None:
+            if not self._perturb:  # a plain step's g'^T w: its own gradient, before a LookSAM term joins it
+                self._sums[3] = dot(grads_of(params), self._w) * self._inv_scale()
             self._radius_step()
             self._w = self._sums = None
         if self._u_acc is not None:
             self._pending = self._form_curvature(params, rho)
             self._u_acc = None
+        if self._look is not None:
+            self._reuse_look(params)
+
+    def _reuse_look(self, params) -> None:
+        """LookSAM: a perturbed step turns its plain gradient into ``g_v`` (identical on every rank); a plain step
+        adds ``alpha ||g|| / ||g_v|| g_v`` to its gradient before clipping and the optimizer step."""
+        grads = grads_of(params)
+        if not self._perturb:
+            looksam_gradient_(grads, self._look, self.args.looksam_alpha)
+            return
+        if not self.args.sam_sync_perturbation:  # per-rank ascents: average them, as G already is
+            all_reduce_mean_(self._look, self.accelerator.num_processes)
+        inv_scale = self._inv_scale()
+        torch._foreach_mul_(self._look, 1.0 / inv_scale)  # into G's (loss-scaled) units, then g_v back out
+        orthogonal_part_(self._look, grads)
+        torch._foreach_mul_(self._look, inv_scale)
+        if (
+            self.accelerator.scaler is not None
+            and not torch.isfinite(torch.stack(torch._foreach_norm(self._look))).all()
+        ):
+            self._look = None  # fp16 overflow: this step is skipped, nothing to reuse until the next perturbed one
+
+    def _inv_scale(self) -> float:
+        """``1 / loss scale`` of fp16's GradScaler (1 without one): the accumulated gradients carry the scale."""
+        return 1.0 / self.accelerator.scaler.get_scale() if self.accelerator.scaler is not None else 1.0
 
     def _radius_step(self) -> None:
         sums = self._sums
@@ -373,7 +420,7 @@ class LETSTrainer(Trainer):
         u = self._u_acc
         if not (self.args.lets_hvp == "secant" and self.args.sam_sync_perturbation):
             all_reduce_mean_(u, self.accelerator.num_processes)  # per-rank ascents or batches: average them
-        inv_scale = 1.0 / self.accelerator.scaler.get_scale() if self.accelerator.scaler is not None else 1.0
+        inv_scale = self._inv_scale()
         grads = grads_of(params)
         if self.args.lets_hvp == "secant":
             torch._foreach_mul_(u, 1.0 / inv_scale)  # bring Gbar into G's (loss-scaled) units
@@ -443,6 +490,8 @@ class LETSTrainer(Trainer):
             buffers = {"u": pending.u} if pending else {}
             if self._lookahead is not None:
                 buffers["z"] = self._lookahead
+            if self._look is not None:
+                buffers["v"] = self._look
             save_lets_state(folder, state, buffers)
         super()._save_checkpoint(model, trial)
 
@@ -464,3 +513,4 @@ class LETSTrainer(Trainer):
         if "u" in buffers:
             self._pending = _Pending(u=buffers["u"], **state["pending"])
         self._lookahead = buffers.get("z")
+        self._look = buffers.get("v")

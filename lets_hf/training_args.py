@@ -17,6 +17,7 @@ __all__ = ["LETSTrainingArguments"]
 
 HVP_ESTIMATORS = ("secant", "fisher", "exact")
 RADIUS_OPTIMIZERS = ("adam", "signum", "sgd")
+SAM_REUSE = ("none", "looksam")
 
 
 @dataclass
@@ -57,6 +58,28 @@ class LETSTrainingArguments(TrainingArguments):
         },
     )
     # ---- LETS: learning the radius ----------------------------------------------------------------------------
+    sam_every: int = field(
+        default=1,
+        metadata={
+            "help": "Perturb every sam_every-th optimizer step only (1: every step, full SAM); the steps in between "
+            "cost one forward/backward like plain training, so k costs about (k + 1) / k of AdamW. With lets, "
+            "lets_interval must be a multiple of it (hyper-steps are fed by perturbed steps)."
+        },
+    )
+    sam_reuse: str = field(
+        default="none",
+        metadata={
+            "help": "What the steps between two perturbed ones reuse when sam_every > 1: 'none' (plain steps: "
+            "interval SAM, as MosaicML Composer's) or 'looksam' (Liu et al. 2022: the part of the last SAM "
+            "gradient orthogonal to its plain gradient, rescaled to each step's gradient and weighted by "
+            "looksam_alpha; one more parameter-sized buffer).",
+            "choices": list(SAM_REUSE),
+        },
+    )
+    looksam_alpha: float = field(
+        default=0.7,
+        metadata={"help": "sam_reuse='looksam': the weight of the reused component (0.7 in the LookSAM paper)."},
+    )
     lets: bool = field(
         default=True,
         metadata={"help": "Learn rho by the LETS hypergradient on held-out batches (False: keep sam_rho fixed)."},
@@ -199,6 +222,12 @@ class LETSTrainingArguments(TrainingArguments):
             )
         _require(self.sam_rho >= 0 and math.isfinite(self.sam_rho), f"sam_rho={self.sam_rho} must be >= 0.")
         _require(self.asam_eta >= 0, f"asam_eta={self.asam_eta} must be >= 0.")
+        _require(self.sam_every >= 1, f"sam_every={self.sam_every} must be >= 1 (1: every step perturbed).")
+        _require(self.sam_reuse in SAM_REUSE, f"sam_reuse={self.sam_reuse!r} must be one of {SAM_REUSE}.")
+        _require(
+            self.looksam_alpha >= 0 and math.isfinite(self.looksam_alpha),
+            f"looksam_alpha={self.looksam_alpha} must be >= 0, e.g. 0.7.",
+        )
         if self.sam_variant == "none" and self.lets:
             logger.info("sam_variant='none': there is no radius to learn, so lets is turned off.")
             self.lets = False
@@ -241,6 +270,16 @@ class LETSTrainingArguments(TrainingArguments):
         )
         if not self.lets:
             return
+        k = self.sam_every
+        _require(
+            self.lets_interval % k == 0,
+            f"lets_interval={self.lets_interval} must be a multiple of sam_every={k}: a hyper-step needs a perturbed "
+            f"step to feed it. Use e.g. lets_interval={k * max(1, self.lets_interval // k)}.",
+        )
+        _require(
+            self.sam_every == 1 or self.lets_horizon != "trace",
+            "lets_horizon='trace' with sam_every > 1 is not supported (its fading counts steps): use 'interval'.",
+        )
         _require(
             self.sam_rho > 0,
             "lets=True learns log(rho), so it needs sam_rho > 0 (e.g. 0.05); use lets=False for a fixed radius of 0.",

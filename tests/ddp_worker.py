@@ -22,6 +22,11 @@ DDP_CASES = {
     "lets_sync_interval2": (dict(sam_sync_perturbation=True, lets_interval=2, lets_horizon="interval"), 1),
     "lets_sync_clip": (dict(sam_sync_perturbation=True, lets_interval=1, lets_clip=0.1), 1),
     "lets_sync_trace": (dict(sam_sync_perturbation=True, lets_interval=2, lets_horizon="trace"), 1),
+    "looksam_sync": (dict(sam_every=2, sam_reuse="looksam", lets_interval=2, lets_horizon="interval"), 1),
+    "looksam_per_rank_accum2": (
+        dict(sam_sync_perturbation=False, sam_every=2, sam_reuse="looksam", lets_interval=2, lets_horizon="interval"),
+        2,
+    ),
     "lets_per_rank_interval2_accum2": (dict(sam_sync_perturbation=False, lets_interval=2, lets_horizon="interval"), 2),
 }
 

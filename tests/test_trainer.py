@@ -230,13 +230,15 @@ def test_training_logs_carry_rho_gap_and_hypergradient(base_args):
 
 
 @pytest.mark.parametrize(
-    "interval,n_accum,horizon,clip",
-    [(1, 1, "interval", 0.0), (2, 2, "interval", 0.0), (3, 1, "interval", 0.0), (2, 2, "step", 0.0),
-     (2, 1, "trace", 0.0), (1, 1, "interval", 0.1)],
+    "interval,n_accum,horizon,extra",
+    [(1, 1, "interval", {}), (2, 2, "interval", {}), (3, 1, "interval", {}), (2, 2, "step", {}),
+     (2, 1, "trace", {}), (1, 1, "interval", {"lets_clip": 0.1}),
+     (2, 2, "interval", {"sam_every": 2, "sam_reuse": "looksam"}), (2, 1, "step", {"sam_every": 2})],
 )  # fmt: skip
-def test_resume_equals_uninterrupted_run(tmp_path, base_args, interval, n_accum, horizon, clip):
+def test_resume_equals_uninterrupted_run(tmp_path, base_args, interval, n_accum, horizon, extra):
     """checkpoint-3 falls inside a window at interval 2 and 3: the look-ahead Z summed so far must round-trip; at
-    lets_clip 0.1 every hyper-step after the first is clipped by the recent sizes, which must round-trip too."""
+    lets_clip 0.1 every hyper-step after the first is clipped by the recent sizes, which must round-trip too; with
+    sam_every 2 step 3 is a plain step that reuses LookSAM's g_v of step 2, saved in the checkpoint."""
 
     class Interrupt(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
@@ -254,9 +256,9 @@ def test_resume_equals_uninterrupted_run(tmp_path, base_args, interval, n_accum,
             gradient_accumulation_steps=n_accum,
             lets_interval=interval,
             lets_horizon=horizon,
-            lets_clip=clip,
             lets_lr=0.2,
             lets_batch_size=3,
+            **extra,
         )
         trainer = LETSTrainer(model=model, args=args, train_dataset=token_data(48), callbacks=list(callbacks))
         trainer.train(resume_from_checkpoint=resume)

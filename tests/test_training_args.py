@@ -30,6 +30,11 @@ from lets_hf import LETSTrainingArguments
         (dict(lets_objective="metric"), r"lets_objective='metric' must be one of \('gap', 'heldout'\)"),
         (dict(lets_travel=1.0), r"lets_travel=1.0 must be > 1"),
         (dict(lets_clip=-1.0), r"lets_clip=-1.0 must be >= 0"),
+        (dict(sam_every=0), r"sam_every=0 must be >= 1"),
+        (dict(sam_reuse="gsam"), r"sam_reuse='gsam' must be one of \('none', 'looksam'\)"),
+        (dict(looksam_alpha=-0.1), r"looksam_alpha=-0.1 must be >= 0"),
+        (dict(sam_every=3), r"lets_interval=10 must be a multiple of sam_every=3.*lets_interval=9"),
+        (dict(sam_every=2, lets_horizon="trace"), r"lets_horizon='trace' with sam_every > 1 is not supported"),
     ],
 )
 def test_invalid_settings_are_refused_with_the_fix(tmp_path, kw, match):
@@ -54,7 +59,7 @@ def test_every_field_is_a_cli_flag_with_help(tmp_path):
         for f in dataclasses.fields(LETSTrainingArguments)
         if f.name not in {g.name for g in dataclasses.fields(TrainingArguments)}
     ]
-    assert len(ours) == 21
+    assert len(ours) == 24
     assert all(len(f.metadata.get("help", "")) > 20 for f in ours), [
         f.name for f in ours if not f.metadata.get("help")
     ]
