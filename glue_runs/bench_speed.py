@@ -6,7 +6,8 @@ one untimed block that warms the process up, the methods are interleaved (A B C 
 hyper-step every ``lets_interval`` steps is amortised, not hidden by a median), and a method's time is the median
 over ``repeats`` blocks. Peak memory is the peak RSS of a separate process per method on CPU, or
 ``torch.cuda.max_memory_allocated`` on CUDA, also expressed as parameter-sized buffers over ERM.
-Floors: SAM/ERM = 2 (two passes), LETS = SAM x (1 + 1/(2 x lets_interval)).
+Floors: SAM/ERM = 2 (two passes), LETS = SAM x (1 + 1/(2 x lets_interval)); with ``sam_every = k`` one step in k
+takes two passes and the others one, so (k + 1) / k of ERM, plus 1 / lets_interval with LETS.
 """
 
 from __future__ import annotations
@@ -41,6 +42,13 @@ METHODS: dict[str, dict | None] = {
     "lets-sam-fisher": dict(sam_variant="sam", lets=True, lets_interval=10, lets_hvp="fisher"),
     "lets-sam-exact": dict(sam_variant="sam", lets=True, lets_interval=10, lets_hvp="exact"),
 }
+# The cheaper SAM modes (sam_every k): interval SAM ("isam-k") and LookSAM, each alone and with LETS on top.
+for _k in (2, 5, 10):
+    for _name, _reuse in (("isam", "none"), ("looksam", "looksam")):
+        METHODS[f"{_name}-{_k}"] = dict(sam_variant="sam", lets=False, sam_every=_k, sam_reuse=_reuse)
+        METHODS[f"lets-{_name}-{_k}"] = dict(
+            sam_variant="sam", lets=True, lets_interval=10, lets_horizon="interval", sam_every=_k, sam_reuse=_reuse
+        )
 
 
 def build_model(name: str) -> torch.nn.Module:
@@ -197,12 +205,11 @@ def floors(method: str) -> dict[str, float | None]:
     settings = METHODS[method]
     if settings is None or settings.get("sam_variant") == "none":
         return {"floor_vs_erm": 1.0, "floor_vs_sam": 0.5}
-    if not settings.get("lets"):
-        return {"floor_vs_erm": 2.0, "floor_vs_sam": 1.0}
-    extra = 1 + 1 / (2 * settings["lets_interval"])
     if settings.get("lets_hvp") == "exact":  # + a forward and a double backward per feeding step: no floor given
         return {"floor_vs_erm": None, "floor_vs_sam": None}
-    return {"floor_vs_erm": 2.0 * extra, "floor_vs_sam": extra}
+    k = settings.get("sam_every", 1)
+    passes = (k + 1) / k + (1 / settings["lets_interval"] if settings.get("lets") else 0.0)  # ERM's step: one pass
+    return {"floor_vs_erm": passes, "floor_vs_sam": passes / 2}
 
 
 def report(

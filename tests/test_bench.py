@@ -71,6 +71,9 @@ def test_floors_follow_lets_md():
     assert floors("lets-sam") == {"floor_vs_erm": 2.0 * 1.05, "floor_vs_sam": 1.05}
     assert floors("lets-sam-i1")["floor_vs_sam"] == 1.5
     assert floors("lets-sam-horizon") == floors("lets-sam")  # the interval look-ahead adds no pass
+    assert floors("isam-5") == floors("looksam-5") == {"floor_vs_erm": 1.2, "floor_vs_sam": 0.6}
+    assert floors("lets-looksam-5")["floor_vs_erm"] == pytest.approx(1.3)  # the target: one step in 5 + 1/10
+    assert floors("lets-isam-10")["floor_vs_erm"] == pytest.approx(1.2)
 
 
 def test_memory_only_reports_memory_without_timing_columns(tmp_path):
