@@ -11,7 +11,16 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler, Subset
 
-__all__ = ["EpochPermutationSampler", "HeldoutStream", "carve_heldout", "label_values", "split_heldout"]
+from .hypergradient import constant_predictor_loss
+
+__all__ = [
+    "EpochPermutationSampler",
+    "HeldoutStream",
+    "carve_heldout",
+    "label_prior_loss",
+    "label_values",
+    "split_heldout",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +90,20 @@ def label_values(dataset: Any) -> np.ndarray | None:
     if labels is None:
         return None
     return np.asarray([float(torch.as_tensor(v).reshape(-1)[0]) for v in labels])
+
+
+def label_prior_loss(config: Any, dataset: Any) -> float | None:
+    """The training loss of a model that predicts only the label prior (the loss guard's *not learning* level),
+    from the training labels and the model's head (`constant_predictor_loss`); None where it is unknown: no config
+    or labels, a multi-label head, or an empty or unsized dataset. (A loss of the user's own or label smoothing
+    also makes it unknown: the trainer checks those.)"""
+    problem, num_labels = getattr(config, "problem_type", None), getattr(config, "num_labels", None)
+    if num_labels is None or problem == "multi_label_classification" or not hasattr(dataset, "__len__"):
+        return None
+    labels = label_values(dataset) if len(dataset) else None
+    if labels is None:
+        return None
+    return constant_predictor_loss(torch.from_numpy(labels), regression=problem == "regression" or num_labels == 1)
 
 
 def _strata(dataset: Any) -> list[np.ndarray]:

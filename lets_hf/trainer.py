@@ -26,11 +26,10 @@ from torch import nn
 from transformers import Trainer
 
 from .checkpoint import LETS_STATE_NAME, load_lets_state, save_lets_state
-from .heldout import EpochPermutationSampler, HeldoutStream, carve_heldout, label_values
+from .heldout import EpochPermutationSampler, HeldoutStream, carve_heldout, label_prior_loss
 from .hypergradient import (
     LossGuard,
     RadiusState,
-    constant_predictor_loss,
     fisher_curvature,
     guarded_radius,
     hessian_vector_product,
@@ -115,25 +114,11 @@ class LETSTrainer(Trainer):
         self._reset_lets_state()
 
     def _constant_predictor_loss(self) -> float | None:
-        """The training loss of a model that predicts only the label prior (the guard's *not learning* level), from
-        the training labels and the model's head; None where it is unknown: no labels column, a multi-label head,
-        label smoothing, or a loss of the user's own (``compute_loss`` overridden, ``compute_loss_func``)."""
-        config = getattr(self.model, "config", None)
-        problem, num_labels = getattr(config, "problem_type", None), getattr(config, "num_labels", None)
+        """The guard's *not learning* level (`label_prior_loss`); None where the loss is the user's own."""
         custom_loss = type(self).compute_loss is not Trainer.compute_loss or getattr(self, "compute_loss_func", None)
-        if (
-            num_labels is None
-            or problem == "multi_label_classification"
-            or custom_loss
-            or self.args.label_smoothing_factor
-            or not hasattr(self.train_dataset, "__len__")
-            or len(self.train_dataset) == 0
-        ):
+        if custom_loss or self.args.label_smoothing_factor:
             return None
-        labels = label_values(self.train_dataset)
-        if labels is None:
-            return None
-        return constant_predictor_loss(torch.from_numpy(labels), regression=problem == "regression" or num_labels == 1)
+        return label_prior_loss(getattr(self.model, "config", None), self.train_dataset)
 
     def _reset_lets_state(self) -> None:
         """The radius back to ``sam_rho`` and no hyper-step in flight: a new ``train()`` starts afresh (a resume
