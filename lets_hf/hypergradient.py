@@ -278,7 +278,9 @@ def clip_to_recent(grad: float, recent: list[float], clip: float) -> float:
     0.026 -> 0.215 after two). Clipped to a few times the recent median, a value counts as a few ordinary ones:
     its sign still votes, its size cannot outvote the rest. The median of the latest values (not a mean) is the
     scale because a mean is what one outlier drags; it follows the hypergradient's fall over a run. Nothing is
-    clipped while ``recent`` is empty (the first hyper-step) or ``clip`` is 0 (``lets_clip`` off).
+    clipped while ``recent`` is empty (the first hyper-step) or ``clip`` is 0 (``lets_clip`` off). `radius_step`
+    keeps exact zeros out of ``recent``: a hyper-step whose look-ahead is 0 (the first one of a run with warm-up,
+    whose step 0 has learning rate 0) carries no size, and a median of 0 would clip the next value to nothing.
 
     Args:
         grad: ``dF/ds`` of this hyper-step.
@@ -341,7 +343,7 @@ def radius_step(
     if not allow_increase:
         log_rho = min(log_rho, state.log_rho)
     log_rho = min(max(log_rho, math.log(rho_min)), math.log(rho_max))
-    recent = [*state.recent, abs(raw)][-CLIP_WINDOW:]
+    recent = [*state.recent, abs(raw)][-CLIP_WINDOW:] if raw != 0 else state.recent
     return RadiusState(log_rho=log_rho, exp_avg=m, exp_avg_sq=v, steps=steps, recent=recent)
 
 

@@ -188,6 +188,17 @@ def test_radius_step_keeps_the_latest_raw_sizes_and_clips_before_the_optimizer()
     assert before - after.log_rho == pytest.approx(0.1 * statistics.median(state.recent))
 
 
+def test_a_zero_hypergradient_does_not_enter_the_clip_scale():
+    """The first hyper-step of a run with warm-up sees w = 0 (step 0's learning rate is 0): dF/ds = 0 exactly. Were it
+    kept, the median of [0] would clip the next value to 0 and cost the run a hyper-step (as it did the first
+    full-data clip run, results.md section 7)."""
+    state = radius_step(RadiusState(math.log(0.1)), 0.0, lr=0.3, optimizer="signum", rho_min=1e-3, rho_max=1.0, clip=3)
+    assert state.recent == [] and state.log_rho == pytest.approx(math.log(0.1))
+    state = radius_step(state, -0.02, lr=0.3, optimizer="signum", rho_min=1e-3, rho_max=1.0, clip=3)
+    assert state.log_rho == pytest.approx(math.log(0.1) + 0.3)  # moved: nothing to clip against yet
+    assert state.recent == pytest.approx([0.002])
+
+
 def test_clipping_keeps_one_heavy_tailed_value_from_turning_signum():
     """Full STS-B seed 2 (results.md section 7): after a run of ordinary values pointing down, two values 135x the
     median turned signum's momentum and rho climbed for 24 hyper-steps. Clipped at 3x the median they weigh as six
