@@ -10,7 +10,9 @@ loader, logging and the radius state in checkpoints. The step, in LETS.md's nota
 and around the optimizer step ``t``: at its start, the ``u`` step ``t-1`` left becomes ``w = -lr c P u`` and joins
 the look-ahead ``Z`` (``lets_horizon``: summed over the interval, or the one step); on a hyper-step one held-out
 pass gives ``h_V^T Z``, the ascents of step ``t`` give ``g'^T Z`` and ``l(theta; B')``, and at its end the radius
-takes one step on ``dF/drho``. On feeding steps ``u`` is formed at the end, for the next step.
+takes one step on ``dF/drho``. On feeding steps ``u`` is formed at the end, for the next step. With
+``sam_every = k`` only every k-th step is perturbed (and feeds); the others are one pass at ``theta``, plus LookSAM's
+reused ``g_v`` when ``sam_reuse="looksam"`` (docs/algorithm.md, "Cheaper SAM").
 """
 
 from __future__ import annotations
@@ -169,7 +171,8 @@ class LETSTrainer(Trainer):
     # The step
     # ------------------------------------------------------------------------------------------------------------
     def training_step(self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch: Any = None) -> torch.Tensor:
-        """One micro-batch: ascent, perturbation, descent, restore; radius bookkeeping around optimizer steps.
+        """One micro-batch: ascent, perturbation, descent, restore on a perturbed step (every ``sam_every``-th),
+        the stock one-pass step on the others; radius bookkeeping around optimizer steps.
 
         ``num_items_in_batch`` is not used: every pass's loss is the micro-batch mean (see docs/algorithm.md).
         """
