@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+from safetensors.torch import load_file
 
 from glue_runs.run_glue import cli, run
 
@@ -117,6 +118,38 @@ def test_tiny_roberta_stsb_with_dev_heldout(glue_dir, tiny_roberta, tmp_path):
     assert len(scores) == 20 and all(0 <= s <= 5 for s in scores)
 
 
+def test_cheap_sam_with_lets_from_the_command_line(glue_dir, tiny_roberta, tmp_path):
+    """--sam_every 2 --sam_reuse looksam with LETS at interval 2 (and the clipped signum radius step): 6 steps, the
+    radius moved, and the LookSAM buffer is what the checkpoint holds besides the radius state."""
+    out = tmp_path / "looksam"
+    results, trainer = run(
+        glue_argv(
+            tiny_roberta,
+            "RTE",
+            glue_dir,
+            out,
+            max_train_samples=64,
+            max_eval_samples=16,
+            max_steps=6,
+            per_device_train_batch_size=8,
+            sam_every=2,
+            sam_reuse="looksam",
+            lets_interval=2,
+            lets_lr=0.2,
+            lets_horizon="interval",
+            lets_optimizer="signum",
+            lets_clip=3,
+            save_strategy="steps",
+            save_steps=3,
+        )  # fmt: skip
+    )
+    assert trainer.args.sam_every == 2 and trainer.args.sam_reuse == "looksam"
+    assert [h["step"] for h in trainer.lets_history] == [2, 4, 6]
+    assert results["train_final_rho"] != 0.01
+    names = load_file(str(out / "checkpoint-3" / "lets_curvature.safetensors"))
+    assert {k.split(".")[0] for k in names} >= {"v"}  # g_v of step 2, reused by step 3
+
+
 def test_carve_heldout_always_gives_baselines_the_lets_training_set(glue_dir, tiny_roberta, tmp_path):
     def train_idx(name, *extra, **flags):
         argv = glue_argv(tiny_roberta, "RTE", glue_dir, tmp_path / name, *extra, max_train_samples=50, max_steps=1)
@@ -211,6 +244,7 @@ def bad_glue_dir(root, row):
         ("label", "line 8: label 'yes' is not one of ['entailment', 'not_entailment']"),
         ("rho", "sam_rho=-1.0 must be >= 0"),
         ("deepspeed", "DeepSpeed is not supported by LETSTrainer"),
+        ("sam_every", "lets_interval=1 must be a multiple of sam_every=3: a hyper-step needs a perturbed step"),
     ],
 )
 def test_bad_input_is_one_clear_line(monkeypatch, capsys, tmp_path, tiny_roberta, case, match):
@@ -223,6 +257,8 @@ def test_bad_input_is_one_clear_line(monkeypatch, capsys, tmp_path, tiny_roberta
     argv = glue_argv(tiny_roberta, task, tmp_path / "nope" if case == "missing_dir" else glue, out)
     if case == "rho":
         argv += ["--sam_rho", "-1"]
+    if case == "sam_every":
+        argv += ["--sam_every", "3"]
     if case == "deepspeed":
         (tmp_path / "ds.json").write_text("{}")
         argv += ["--deepspeed", str(tmp_path / "ds.json")]
@@ -256,6 +292,7 @@ def test_help_exits_0_and_lists_the_lets_options():
     exe = os.path.join(os.path.dirname(sys.executable), "lets-glue")
     proc = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    for flag in ("--task_name", "--sam_rho", "--lets_interval", "--lets_guard_patience", "--lets_guard_threshold"):
+    flags = ("--task_name", "--sam_rho", "--lets_interval", "--lets_guard_patience", "--lets_guard_threshold")
+    for flag in (*flags, "--sam_every", "--sam_reuse", "--looksam_alpha", "--lets_clip"):
         assert flag in proc.stdout
     assert "within 5 percent below it" in proc.stdout
