@@ -17,10 +17,10 @@ promise, since it cannot tell which source the noise comes from. Pure Python: no
 
 ``--replay adam signum`` (results JSONL only) feeds each run's recorded ``dF/ds = rho dF/drho`` to the library's own
 radius step (`lets_hf.hypergradient.radius_step`, default ``lets_lr`` and bounds of the run's start) and prints
-where rho would have ended under each radius optimizer; ``--clip 3`` and ``--travel 1e4`` replay with those
-``lets_clip`` and ``lets_travel`` (one setting per call). Open loop: the values stay those recorded along the run's
-own trajectory, so it ranks optimizers on the same noise, it does not predict a run; the loss guard is not replayed
-(a run its trips cut, as full CoLA's, is not comparable).
+where rho would have ended under each radius optimizer; ``--clip 3``, ``--travel 1e4`` and ``--schedule linear``
+replay with that ``lets_clip``, ``lets_travel`` and ``lets_lr_schedule`` (one setting per call). Open loop: the
+values stay those recorded along the run's own trajectory, so it ranks optimizers on the same noise, it does not
+predict a run; the loss guard is not replayed (a run its trips cut, as full CoLA's, is not comparable).
 """
 
 from __future__ import annotations
@@ -126,24 +126,29 @@ def read_records(path: str) -> list[tuple[str, list[float]]]:
     return sorted(runs)
 
 
-def replay(record: dict, optimizer: str, travel: float = 100.0, clip: float = 0.0) -> float:
+def replay(
+    record: dict, optimizer: str, travel: float = 100.0, clip: float = 0.0, schedule: str = "constant"
+) -> float:
     """The final rho ``radius_step`` reaches on a record's recorded ``dF/ds`` with this ``lets_optimizer``,
-    ``lets_travel`` and ``lets_clip`` (see the module docstring)."""
-    from lets_hf.hypergradient import RadiusState, radius_lr, radius_step  # torch: only for a replay
+    ``lets_travel``, ``lets_clip`` and ``lets_lr_schedule`` (see the module docstring)."""
+    from lets_hf.hypergradient import RadiusState, planned_hyper_steps, radius_lr, radius_step, scheduled_lr
 
     history = [h for h in record["lets_history"] if float(h["hypergradient"]) != 0.0]
     rho0 = record["settings"]["sam_rho"]
     lr = radius_lr(travel, len(history), 1)  # the default lets_lr of a run with this many hyper-steps
     state = RadiusState(math.log(rho0))
-    for h in history:
+    for k, h in enumerate(history):
         ds = float(h["rho"]) * float(h["hypergradient"])
+        lr_k = scheduled_lr(lr, k, planned_hyper_steps(len(history), 1), schedule)
         state = radius_step(
-            state, ds / state.rho, lr=lr, optimizer=optimizer, rho_min=rho0 / 100, rho_max=rho0 * 10, clip=clip
+            state, ds / state.rho, lr=lr_k, optimizer=optimizer, rho_min=rho0 / 100, rho_max=rho0 * 10, clip=clip
         )
     return state.rho
 
 
-def render_replay(path: str, optimizers: Sequence[str], travel: float = 100.0, clip: float = 0.0) -> str:
+def render_replay(
+    path: str, optimizers: Sequence[str], travel: float = 100.0, clip: float = 0.0, schedule: str = "constant"
+) -> str:
     """A markdown table: each LETS record of a results JSONL, its final rho and the replayed ones."""
     lines = ["| run | final rho | " + " | ".join(f"replayed: {o}" for o in optimizers) + " |"]
     lines.append("|---|---|" + "---|" * len(optimizers))
@@ -152,7 +157,7 @@ def render_replay(path: str, optimizers: Sequence[str], travel: float = 100.0, c
             (json.loads(line) for line in f if line.strip()), key=lambda r: (r["task"], r["method"], r["seed"])
         )
     for r in [r for r in records if r.get("lets_history")]:
-        cells = " | ".join(f"{replay(r, o, travel, clip):.3g}" for o in optimizers)
+        cells = " | ".join(f"{replay(r, o, travel, clip, schedule):.3g}" for o in optimizers)
         lines.append(f"| {r['task']}/{r['method']}/seed{r['seed']} | {r['final_rho']:.3g} | {cells} |")
     return "\n".join(lines)
 
@@ -199,11 +204,16 @@ def main(argv: list[str] | None = None) -> str:
     )
     parser.add_argument("--travel", type=float, default=100.0, help="--replay with this lets_travel (default 100)")
     parser.add_argument("--clip", type=float, default=0.0, help="--replay with this lets_clip (default 0: off)")
+    parser.add_argument("--schedule", default="constant", help="--replay with this lets_lr_schedule")
     args = parser.parse_args(argv)
     if args.replay and not os.path.isfile(args.root):
         parser.error("--replay reads a sweep's results JSONL (its records keep rho and the settings)")
     try:
-        table = render_replay(args.root, args.replay, args.travel, args.clip) if args.replay else render(args.root)
+        table = (
+            render_replay(args.root, args.replay, args.travel, args.clip, args.schedule)
+            if args.replay
+            else render(args.root)
+        )
     except (FileNotFoundError, ValueError) as err:
         parser.error(str(err))
     print(table)

@@ -39,8 +39,10 @@ from .hypergradient import (
     lookahead_add_,
     optimizer_derivative_,
     optimizer_kind,
+    planned_hyper_steps,
     radius_lr,
     radius_step,
+    scheduled_lr,
     secant_curvature_,
 )
 from .perturbation import get_perturbation, looksam_gradient_, orthogonal_part_
@@ -162,10 +164,15 @@ class LETSTrainer(Trainer):
 
     @property
     def radius_lr(self) -> float:
-        """``lets_lr``, or by default ``ln(lets_travel) / hyper-steps`` of this run (`radius_lr`)."""
-        if self.args.lets_lr is not None:
-            return self.args.lets_lr
-        return radius_lr(self.args.lets_travel, self.state.max_steps, self.args.lets_interval)
+        """``lets_lr`` (by default ``ln(lets_travel) / H``, `radius_lr`) at this hyper-step of ``lets_lr_schedule``."""
+        args, hyper_steps = self.args, planned_hyper_steps(self.state.max_steps, self.args.lets_interval)
+        lr = (
+            args.lets_lr
+            if args.lets_lr is not None
+            else radius_lr(args.lets_travel, self.state.max_steps, args.lets_interval)
+        )
+        k = max(self.state.global_step - 1, 0) // args.lets_interval  # hyper-steps fall on steps 1, 1 + I, ...
+        return scheduled_lr(lr, k, hyper_steps, args.lets_lr_schedule)
 
     # ------------------------------------------------------------------------------------------------------------
     # The step

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
-from .hypergradient import HORIZONS, OBJECTIVES
+from .hypergradient import HORIZONS, LR_SCHEDULES, OBJECTIVES
 from .perturbation import available_perturbations
 
 logger = logging.getLogger(__name__)
@@ -105,6 +105,15 @@ class LETSTrainingArguments(TrainingArguments):
         metadata={
             "help": "When lets_lr is None: the factor by which rho can change over the whole run if every "
             "hyper-step agrees (100: two decades, whatever the run's length). Must be > 1."
+        },
+    )
+    lets_lr_schedule: str = field(
+        default="constant",
+        metadata={
+            "help": "The radius learning rate over the run: 'constant', or 'linear' from 2 lets_lr down to 0 (the "
+            "same reach, front-loaded, and a radius that settles at the end; being measured, docs/results.md "
+            "section 7).",
+            "choices": list(LR_SCHEDULES),
         },
     )
     lets_optimizer: str = field(
@@ -236,6 +245,10 @@ class LETSTrainingArguments(TrainingArguments):
             f"lets_optimizer={self.lets_optimizer!r} must be one of {RADIUS_OPTIMIZERS}.",
         )
         _require(self.lets_hvp in HVP_ESTIMATORS, f"lets_hvp={self.lets_hvp!r} must be one of {HVP_ESTIMATORS}.")
+        _require(
+            self.lets_lr_schedule in LR_SCHEDULES,
+            f"lets_lr_schedule={self.lets_lr_schedule!r} must be one of {LR_SCHEDULES}.",
+        )
         _require(self.lets_horizon in HORIZONS, f"lets_horizon={self.lets_horizon!r} must be one of {HORIZONS}.")
         _require(
             self.lets_objective in OBJECTIVES, f"lets_objective={self.lets_objective!r} must be one of {OBJECTIVES}."

@@ -6,7 +6,7 @@ import statistics
 
 import pytest
 import torch
-from toy import LR, LinearRegressor, loss_fn, regression_data, rule_data, sam_sgd_step, tiny_bert
+from toy import LR, LinearRegressor, loss_fn, regression_data, rule_data, sam_sgd_step, tiny_bert, token_data
 
 from lets_hf import LETSTrainer, LETSTrainingArguments, RadiusState, radius_step
 from lets_hf.hypergradient import (
@@ -21,10 +21,12 @@ from lets_hf.hypergradient import (
     lookahead_add_,
     optimizer_derivative_,
     radius_lr,
+    scheduled_lr,
     secant_curvature_,
 )
 
 RHO = 0.05
+RHO_DEFAULT = LETSTrainingArguments.sam_rho  # 0.01
 
 
 def run_lets(args_kw, n_accum, hvp, variant="sam", seed=0, objective="gap"):
@@ -294,6 +296,36 @@ def test_radius_lr_gives_every_run_the_same_reach():
     # A short run counts as MIN_HYPER_STEPS hyper-steps: 3 steps at interval 5, 6 at 2, 45 at 5 alike.
     for max_steps, interval in [(3, 5), (6, 2), (45, 5)]:
         assert radius_lr(100.0, max_steps, interval) == pytest.approx(math.log(100.0) / MIN_HYPER_STEPS)
+
+
+def test_the_linear_schedule_front_loads_the_same_reach_and_ends_at_zero():
+    H = 31
+    rates = [scheduled_lr(0.3, k, H, "linear") for k in range(H)]
+    assert sum(rates) == pytest.approx(0.3 * H)  # the constant schedule's reach
+    assert rates[0] == pytest.approx(0.3 * 2 * H / (H + 1)) and rates[-1] == pytest.approx(0.3 * 2 / (H + 1))
+    assert all(a > b for a, b in zip(rates, rates[1:]))
+    assert sum(rates[: H // 3]) > 0.5 * sum(rates)  # more than half the reach in the first third
+    assert scheduled_lr(0.3, H, H, "linear") == 0.0 and scheduled_lr(0.3, H + 5, H, "linear") == 0.0
+    assert scheduled_lr(0.3, 7, H, "constant") == 0.3
+    with pytest.raises(ValueError, match="Unknown lets_lr_schedule 'cosine'"):
+        scheduled_lr(0.3, 0, H, "cosine")
+
+
+def test_the_trainer_steps_the_radius_by_the_scheduled_rate(base_args):
+    """signum moves log rho by exactly its rate: with lets_lr_schedule linear, interval 1 and 13 steps (H = 13),
+    hyper-step k (on step 1 + k, the first one fed by step 0) moves by 0.1 * 2 (13 - k) / 14."""
+    args = LETSTrainingArguments(
+        **base_args, max_steps=13, per_device_train_batch_size=4, learning_rate=1e-2, lets_interval=1,
+        lets_lr=0.1, lets_optimizer="signum", lets_lr_schedule="linear", lets_rho_min=1e-9, lets_rho_max=10.0,
+    )  # fmt: skip
+    trainer = LETSTrainer(model=tiny_bert(), args=args, train_dataset=token_data(64))
+    trainer.train()
+    logs = [math.log(RHO_DEFAULT)] + [math.log(h["rho"]) for h in trainer.lets_history]
+    moves = [abs(b - a) for a, b in zip(logs, logs[1:])]
+    expected = [0.1 * 2 * (13 - k) / 14 for k in range(len(moves))]
+    assert len(moves) == 12
+    assert [m for m in moves if m > 0] == pytest.approx([e for m, e in zip(moves, expected) if m > 0], rel=1e-9)
+    assert sum(m > 0 for m in moves) >= 10  # signum stands still only where its momentum is exactly 0
 
 
 def test_default_radius_lr_is_tied_to_the_run(base_args):

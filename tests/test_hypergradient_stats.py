@@ -110,6 +110,9 @@ def test_replay_with_a_clip_keeps_a_heavy_tailed_pair_from_turning_the_radius(tm
     assert replay(record, "signum") > 0.1 * math.exp(-lr * (len(values) - 4))  # lost ground to the pair
     assert replay(record, "signum", clip=3.0) == pytest.approx(0.1 * math.exp(-lr * len(values)))
     assert replay(record, "signum", travel=1e4, clip=3.0) == pytest.approx(0.001)  # at the bound rho0 / 100
+    # linear: the same reach front-loaded, so with the pair clipped it ends where the constant rate does
+    assert replay(record, "signum", clip=3.0, schedule="linear") == pytest.approx(0.001)
+    assert replay(record, "signum", schedule="linear") > replay(record, "signum", clip=3.0, schedule="linear")
     path = tmp_path / "sweep.jsonl"
     path.write_text(json.dumps(record) + "\n")
     table = main([str(path), "--replay", "signum", "--clip", "3"]).splitlines()

@@ -31,6 +31,7 @@ from lets_hf import LETSTrainingArguments
         (dict(lets_travel=1.0), r"lets_travel=1.0 must be > 1"),
         (dict(lets_clip=-1.0), r"lets_clip=-1.0 must be >= 0"),
         (dict(sam_every=0), r"sam_every=0 must be >= 1"),
+        (dict(lets_lr_schedule="cosine"), r"lets_lr_schedule='cosine' must be one of \('constant', 'linear'\)"),
         (dict(sam_reuse="gsam"), r"sam_reuse='gsam' must be one of \('none', 'looksam'\)"),
         (dict(looksam_alpha=-0.1), r"looksam_alpha=-0.1 must be >= 0"),
         (dict(sam_every=3), r"lets_interval=10 must be a multiple of sam_every=3.*lets_interval=9"),
@@ -59,7 +60,7 @@ def test_every_field_is_a_cli_flag_with_help(tmp_path):
         for f in dataclasses.fields(LETSTrainingArguments)
         if f.name not in {g.name for g in dataclasses.fields(TrainingArguments)}
     ]
-    assert len(ours) == 24
+    assert len(ours) == 25
     assert all(len(f.metadata.get("help", "")) > 20 for f in ours), [
         f.name for f in ours if not f.metadata.get("help")
     ]
