@@ -137,9 +137,10 @@ def replay(
     rho0 = record["settings"]["sam_rho"]
     lr = radius_lr(travel, len(history), 1)  # the default lets_lr of a run with this many hyper-steps
     state = RadiusState(math.log(rho0))
+    hyper_steps = planned_hyper_steps(len(history), 1)
     for k, h in enumerate(history):
         ds = float(h["rho"]) * float(h["hypergradient"])
-        lr_k = scheduled_lr(lr, k, planned_hyper_steps(len(history), 1), schedule)
+        lr_k = scheduled_lr(lr, k, hyper_steps, schedule)
         state = radius_step(
             state, ds / state.rho, lr=lr_k, optimizer=optimizer, rho_min=rho0 / 100, rho_max=rho0 * 10, clip=clip
         )
