@@ -31,9 +31,11 @@ LETS_STATE_NAME = "lets_state.json"
 LETS_CURVATURE_NAME = "lets_curvature.safetensors"
 
 
-def save_lets_state(folder: str, state: dict, buffers: dict[str, list[torch.Tensor]]) -> None:
-    """Write ``state`` (JSON-serialisable) and the named tensor lists in ``buffers`` (``u``, ``z``) into ``folder``."""
+def save_lets_state(folder: str, state: dict, buffers: dict[str, list[torch.Tensor] | None]) -> None:
+    """Write ``state`` (JSON-serialisable) and the named tensor lists in ``buffers`` (``u``, ``z``, ``v``; a None
+    one is left out) into ``folder``."""
     path = os.path.join(folder, LETS_CURVATURE_NAME)
+    buffers = {name: ts for name, ts in buffers.items() if ts is not None}
     if buffers:
         tensors = {f"{name}.{i}": t.contiguous() for name, ts in buffers.items() for i, t in enumerate(ts)}
         atomic_write(path, lambda tmp: save_file(tensors, tmp))
@@ -43,7 +45,7 @@ def save_lets_state(folder: str, state: dict, buffers: dict[str, list[torch.Tens
 
 
 def load_lets_state(folder: str, device: torch.device) -> tuple[dict, dict[str, list[torch.Tensor]]] | None:
-    """``(state, buffers)`` from ``folder`` (``buffers`` maps ``u``/``z`` to tensor lists; empty when there were
+    """``(state, buffers)`` from ``folder`` (``buffers`` maps ``u``/``z``/``v`` to tensor lists; empty when there were
     none), or None when it holds no LETS state.
 
     The tensors are read on the CPU and then moved: safetensors rejects an indexed CPU device (``cpu:1``), which is

@@ -4,7 +4,7 @@ resumable loader over it."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -178,6 +178,24 @@ class HeldoutStream:
             self._iterator = iter(self.dataloader)
             for _ in range(self.position):  # replay after a resume; costs only data loading
                 next(self._iterator)
+
+    @classmethod
+    def from_dataset(cls, make_loader: Callable[..., Any], dataset: Any, seed: int, resume: dict | None = None):
+        """A stream over ``dataset`` in seeded per-epoch permutations, at ``resume``'s point when given.
+
+        ``make_loader(dataset, sampler_fn=...)`` builds the prepared loader (the Trainer's ``_get_dataloader``, so
+        collation, workers and device placement are the training loader's); the sampler is built here.
+        """
+        samplers: list[EpochPermutationSampler] = []
+
+        def sampler_fn(data: Any) -> EpochPermutationSampler:
+            samplers.append(EpochPermutationSampler(data, seed=seed))
+            return samplers[0]
+
+        stream = cls(make_loader(dataset, sampler_fn=sampler_fn), samplers[0])
+        if resume is not None:
+            stream.load_state_dict(resume)
+        return stream
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "position": self.position}

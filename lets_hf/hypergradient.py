@@ -44,6 +44,7 @@ __all__ = [
     "LossGuard",
     "RadiusState",
     "clip_to_recent",
+    "clip_coefficient",
     "constant_predictor_loss",
     "fisher_curvature",
     "hessian_vector_product",
@@ -156,6 +157,15 @@ def optimizer_derivative_(
             torch._foreach_mul_(us, -lr * factor)
     torch._foreach_mul_(u, clip_coef)
     return u
+
+
+def clip_coefficient(grads: list[Tensor], max_norm: float, inv_scale: float = 1.0) -> Tensor | float:
+    """``c = min(1, max_norm / ||G||)``, the factor the Trainer's gradient clipping applies (1 when ``max_norm``
+    is 0 or None); ``inv_scale`` brings loss-scaled fp16 gradients to their true size. No host sync."""
+    if not max_norm or max_norm <= 0:
+        return 1.0
+    norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)).float()) * inv_scale
+    return torch.clamp(max_norm / (norm + 1e-6), max=1.0)
 
 
 HORIZONS = ("interval", "step", "trace")

@@ -7,7 +7,7 @@ import torch.distributed as dist
 from torch import Tensor
 from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
-__all__ = ["all_reduce_mean_", "dot", "grads_of"]
+__all__ = ["all_finite", "all_reduce_mean_", "dot", "grads_of"]
 
 
 def grads_of(params: list[Tensor]) -> list[Tensor]:
@@ -20,6 +20,11 @@ def dot(a: list[Tensor], b: list[Tensor]) -> Tensor:
     if not a:
         return torch.zeros((), dtype=torch.float64)
     return torch.stack([torch.vdot(x.reshape(-1), y.reshape(-1)).double() for x, y in zip(a, b)]).sum()
+
+
+def all_finite(tensors: list[Tensor]) -> bool:
+    """Whether every entry of every tensor is finite (one host sync: the fp16 overflow check)."""
+    return bool(torch.isfinite(torch.stack(torch._foreach_norm(tensors))).all())
 
 
 def all_reduce_mean_(tensors: list[Tensor], world_size: int) -> list[Tensor]:

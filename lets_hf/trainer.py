@@ -17,7 +17,7 @@ reused ``g_v`` when ``sam_reuse="looksam"`` (docs/algorithm.md, "Cheaper SAM").
 
 from __future__ import annotations
 
-import logging
+import functools
 import math
 import os
 from dataclasses import dataclass
@@ -26,12 +26,14 @@ from typing import Any
 import torch
 from torch import nn
 from transformers import Trainer
+from transformers.utils import logging
 
 from .checkpoint import LETS_STATE_NAME, load_lets_state, save_lets_state
-from .heldout import EpochPermutationSampler, HeldoutStream, carve_heldout, label_prior_loss
+from .heldout import HeldoutStream, carve_heldout, label_prior_loss
 from .hypergradient import (
     LossGuard,
     RadiusState,
+    clip_coefficient,
     fisher_curvature,
     guarded_radius,
     hessian_vector_product,
@@ -46,10 +48,10 @@ from .hypergradient import (
     secant_curvature_,
 )
 from .perturbation import get_perturbation, looksam_gradient_, orthogonal_part_
-from .tensor_lists import all_reduce_mean_, dot, grads_of
+from .tensor_lists import all_finite, all_reduce_mean_, dot, grads_of
 from .training_args import _BACKEND_MESSAGE, LETSTrainingArguments
 
-logger = logging.getLogger(__name__)
+logger = logging.get_logger(__name__)
 
 __all__ = ["LETSTrainer"]
 
@@ -113,7 +115,6 @@ class LETSTrainer(Trainer):
         self.model_accepts_loss_kwargs = False
         self.lets_dataset = lets_dataset
         self.direction = None if args.sam_variant == "none" else get_perturbation(args.sam_variant)
-        self._warned_optimizer = False
         self._label_prior = self._constant_predictor_loss() if args.lets and args.lets_guard_tolerance else None
         self._reset_lets_state()
 
@@ -140,7 +141,6 @@ class LETSTrainer(Trainer):
                 prior=self._label_prior,
             )
         self.lets_history: list[dict[str, float]] = []
-        self._last_hyper: dict[str, float] = {}
         self._micro_step = 0
         self._perturb = True  # this optimizer step is perturbed (every sam_every-th; the others are plain)
         self._look: list[torch.Tensor] | None = None  # LookSAM: the plain gradient, then g_v (sam_reuse='looksam')
@@ -165,14 +165,10 @@ class LETSTrainer(Trainer):
     @property
     def radius_lr(self) -> float:
         """``lets_lr`` (by default ``ln(lets_travel) / H``, `radius_lr`) at this hyper-step of ``lets_lr_schedule``."""
-        args, hyper_steps = self.args, planned_hyper_steps(self.state.max_steps, self.args.lets_interval)
-        lr = (
-            args.lets_lr
-            if args.lets_lr is not None
-            else radius_lr(args.lets_travel, self.state.max_steps, args.lets_interval)
-        )
+        args, max_steps = self.args, self.state.max_steps
+        lr = args.lets_lr if args.lets_lr is not None else radius_lr(args.lets_travel, max_steps, args.lets_interval)
         k = max(self.state.global_step - 1, 0) // args.lets_interval  # hyper-steps fall on steps 1, 1 + I, ...
-        return scheduled_lr(lr, k, hyper_steps, args.lets_lr_schedule)
+        return scheduled_lr(lr, k, planned_hyper_steps(max_steps, args.lets_interval), args.lets_lr_schedule)
 
     # ------------------------------------------------------------------------------------------------------------
     # The step
@@ -248,7 +244,7 @@ class LETSTrainer(Trainer):
         finite = True
         if self.accelerator.scaler is not None:  # fp16: unscale; an overflow skips the perturbation
             torch._foreach_mul_(grads, 1.0 / self.accelerator.scaler.get_scale())
-            finite = bool(torch.isfinite(torch.stack(torch._foreach_norm(grads))).all())  # a host sync, fp16 only
+            finite = all_finite(grads)  # a host sync, fp16 only
         return loss, grads, finite
 
     def _descent(self, model, inputs, n_accum: int) -> torch.Tensor:
@@ -278,11 +274,9 @@ class LETSTrainer(Trainer):
         trace = self.args.lets_horizon == "trace"  # Z is d theta / d log rho, kept across hyper-steps
         if pending is not None and not self.accelerator.optimizer_step_was_skipped:
             optimizer = getattr(self.optimizer, "optimizer", self.optimizer)
-            if optimizer_kind(optimizer) == "other" and not self._warned_optimizer:
-                logger.warning(
-                    "LETS: %s has no known preconditioner; the hypergradient assumes P = 1.", type(optimizer).__name__
-                )
-                self._warned_optimizer = True
+            if optimizer_kind(optimizer) == "other":
+                name = type(optimizer).__name__
+                logger.warning_once(f"LETS: {name} has no known preconditioner; the hypergradient assumes P = 1.")
             lrs = {id(g): lr for g, lr in zip(optimizer.param_groups, pending.lrs)}
             w = optimizer_derivative_(pending.u, params, optimizer, lrs, pending.clip_coef)
             spare = None if self._lookahead is None else w  # added into Z: its buffer is free for this step's u
@@ -355,14 +349,8 @@ class LETSTrainer(Trainer):
             return
         if not self.args.sam_sync_perturbation:  # per-rank ascents: average them, as G already is
             all_reduce_mean_(self._look, self.accelerator.num_processes)
-        inv_scale = self._inv_scale()
-        torch._foreach_mul_(self._look, 1.0 / inv_scale)  # into G's (loss-scaled) units, then g_v back out
-        orthogonal_part_(self._look, grads)
-        torch._foreach_mul_(self._look, inv_scale)
-        if (
-            self.accelerator.scaler is not None
-            and not torch.isfinite(torch.stack(torch._foreach_norm(self._look))).all()
-        ):
+        orthogonal_part_(self._look, grads)  # g_v in G's (loss-scaled) units: looksam_gradient_ reads its direction
+        if self.accelerator.scaler is not None and not all_finite(self._look):
             self._look = None  # fp16 overflow: this step is skipped, nothing to reuse until the next perturbed one
 
     def _inv_scale(self) -> float:
@@ -381,8 +369,8 @@ class LETSTrainer(Trainer):
         dF_drho = hypergradient(gap, s_v, s_b, self.args.lets_objective)
         dF_drho /= self.rho if self.args.lets_horizon == "trace" else 1.0  # trace's dots are dF/ds
         allow_increase = True
+        args = self.args
         if self.guard is not None:
-            args = self.args
             self.radius, message = guarded_radius(self.guard, self.radius, loss_b, args.sam_rho, args.lets_rho_min)
             if message:
                 logger.warning("LETS loss guard at step %d: %s", self.state.global_step, message)
@@ -391,24 +379,15 @@ class LETSTrainer(Trainer):
             self.radius,
             dF_drho,
             lr=self.radius_lr,
-            optimizer=self.args.lets_optimizer,
-            clip=self.args.lets_clip,
-            rho_min=self.args.lets_rho_min,
-            rho_max=self.args.lets_rho_max,
+            optimizer=args.lets_optimizer,
+            clip=args.lets_clip,
+            rho_min=args.lets_rho_min,
+            rho_max=args.lets_rho_max,
             allow_increase=allow_increase,
         )
-        self._last_hyper = {"rho": self.rho, "lets_gap": gap, "lets_hypergrad": dF_drho}
-        self.lets_history.append(
-            {
-                "step": self.state.global_step + 1,
-                "rho": self.rho,
-                "gap": gap,
-                "hypergradient": dF_drho,
-                "train_loss": loss_b,
-                "heldout_loss": loss_v,
-                "guard_tripped": bool(self.guard and self.guard.tripped),
-            }
-        )
+        record = {"step": self.state.global_step + 1, "rho": self.rho, "gap": gap, "hypergradient": dF_drho}
+        tripped = bool(self.guard and self.guard.tripped)
+        self.lets_history.append({**record, "train_loss": loss_b, "heldout_loss": loss_v, "guard_tripped": tripped})
 
     def _form_curvature(self, params, rho: float) -> _Pending:
         """``u`` from the accumulated buffer and the final gradient ``G``, identical on every rank."""
@@ -421,10 +400,7 @@ class LETSTrainer(Trainer):
             torch._foreach_mul_(u, 1.0 / inv_scale)  # bring Gbar into G's (loss-scaled) units
             secant_curvature_(u, grads, rho)
             torch._foreach_mul_(u, inv_scale)
-        clip_coef: float | torch.Tensor = 1.0
-        if self.args.max_grad_norm and self.args.max_grad_norm > 0:
-            norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)).float()) * inv_scale
-            clip_coef = torch.clamp(self.args.max_grad_norm / (norm + 1e-6), max=1.0)
+        clip_coef = clip_coefficient(grads, self.args.max_grad_norm, inv_scale)
         optimizer = getattr(self.optimizer, "optimizer", self.optimizer)
         return _Pending(u=u, lrs=[g["lr"] for g in optimizer.param_groups], clip_coef=clip_coef, rho=rho)
 
@@ -443,16 +419,12 @@ class LETSTrainer(Trainer):
                     "lets=True needs held-out data: pass lets_dataset=... or a train_dataset to carve "
                     "lets_heldout_fraction off."
                 )
-            sampler_box: list[EpochPermutationSampler] = []
-
-            def sampler_fn(dataset):
-                sampler_box.append(EpochPermutationSampler(dataset, seed=self.args.seed))
-                return sampler_box[0]
-
-            loader = self._get_dataloader(self.lets_dataset, "lets", self.args.lets_batch_size, sampler_fn=sampler_fn)
-            self._heldout = HeldoutStream(loader, sampler_box[0])
-            if self._heldout_resume is not None:
-                self._heldout.load_state_dict(self._heldout_resume)
+            make_loader = functools.partial(
+                self._get_dataloader, description="lets", batch_size=self.args.lets_batch_size
+            )
+            self._heldout = HeldoutStream.from_dataset(
+                make_loader, self.lets_dataset, self.args.seed, self._heldout_resume
+            )
         return self._heldout
 
     # ------------------------------------------------------------------------------------------------------------
@@ -462,7 +434,9 @@ class LETSTrainer(Trainer):
         """Add ``rho`` (and, once LETS has stepped, ``lets_gap`` and ``lets_hypergrad``) to training logs."""
         if "loss" in logs and self.direction is not None:
             logs["rho"] = self.rho
-            logs.update({k: v for k, v in self._last_hyper.items() if k != "rho"})
+            if self.lets_history:
+                last = self.lets_history[-1]
+                logs.update(lets_gap=last["gap"], lets_hypergrad=last["hypergradient"])
         super().log(logs, start_time)
 
     def _save_checkpoint(self, model, trial) -> None:
@@ -474,7 +448,6 @@ class LETSTrainer(Trainer):
                 "radius": self.radius.to_dict(),
                 "guard": self.guard.to_dict() if self.guard else None,
                 "heldout": self._heldout.state_dict() if self._heldout else self._heldout_resume,
-                "last_hyper": self._last_hyper,
                 "history": self.lets_history,
                 "pending": None
                 if pending is None
@@ -482,12 +455,7 @@ class LETSTrainer(Trainer):
             }
             folder = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
             os.makedirs(folder, exist_ok=True)
-            buffers = {"u": pending.u} if pending else {}
-            if self._lookahead is not None:
-                buffers["z"] = self._lookahead
-            if self._look is not None:
-                buffers["v"] = self._look
-            save_lets_state(folder, state, buffers)
+            save_lets_state(folder, state, {"u": pending and pending.u, "z": self._lookahead, "v": self._look})
         super()._save_checkpoint(model, trial)
 
     def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
@@ -503,7 +471,6 @@ class LETSTrainer(Trainer):
         if self.guard is not None and state["guard"]:
             self.guard = LossGuard.from_dict({**state["guard"], "prior": self._label_prior})
         self._heldout_resume, self._heldout = state["heldout"], None
-        self._last_hyper = state["last_hyper"]
         self.lets_history = state["history"]
         if "u" in buffers:
             self._pending = _Pending(u=buffers["u"], **state["pending"])

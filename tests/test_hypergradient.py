@@ -13,6 +13,7 @@ from lets_hf.hypergradient import (
     CLIP_WINDOW,
     MIN_HYPER_STEPS,
     LossGuard,
+    clip_coefficient,
     clip_to_recent,
     constant_predictor_loss,
     fisher_curvature,
@@ -484,3 +485,13 @@ def test_logged_interval_hypergradient_is_the_sum_over_the_window(base_args, hor
     expected = (h_v @ z).item() if objective == "heldout" else ((l_v - l_b) * ((h_v - g_b) @ z)).item()
     assert abs(expected) > 1e-8
     assert trainer.lets_history[1]["hypergradient"] == pytest.approx(expected, rel=1e-7)
+
+
+def test_clip_coefficient_is_the_trainers_gradient_clipping_factor():
+    grads = [torch.tensor([3.0, 0.0]), torch.tensor([[4.0]])]  # ||G|| = 5
+    assert clip_coefficient(grads, 0.0) == 1.0 and clip_coefficient(grads, None) == 1.0
+    assert float(clip_coefficient(grads, 1.0)) == pytest.approx(1.0 / (5.0 + 1e-6))
+    assert float(clip_coefficient(grads, 10.0)) == 1.0  # never above 1
+    # loss-scaled gradients (fp16): 1024 G with inv_scale 1/1024 clips like G
+    scaled = [g * 1024 for g in grads]
+    assert float(clip_coefficient(scaled, 1.0, 1 / 1024)) == pytest.approx(float(clip_coefficient(grads, 1.0)))
