@@ -17,6 +17,7 @@ reused ``g_v`` when ``sam_reuse="looksam"`` (docs/algorithm.md, "Cheaper SAM").
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import os
@@ -208,7 +209,8 @@ class LETSTrainer(Trainer):
         accumulated = [p.grad for p in params]  # set aside what earlier micro-batches accumulated
         for p in params:
             p.grad = None
-        loss, grads, finite = self._ascent(model, inputs, params)
+        with self._rewound_rng():
+            loss, grads, finite = self._ascent(model, inputs, params)
         if self._w is not None:  # g'^T w and l(theta; B') for the hyper-step in progress
             self._sums[2:] += torch.stack([loss.double(), dot(grads, self._w)]) / n_accum
         d = self.direction(params, grads, eta=self.args.asam_eta) if finite else None
@@ -223,12 +225,23 @@ class LETSTrainer(Trainer):
             if d is not None:
                 torch._foreach_add_(params, d, alpha=self.rho)
         if self._u_acc is not None and self.args.lets_hvp == "exact" and finite:
-            self._accumulate_hvp(model, inputs, params, d, n_accum)
+            with self._rewound_rng():
+                self._accumulate_hvp(model, inputs, params, d, n_accum)
         del d
         self._descent(model, inputs, n_accum)
         with torch.no_grad():
             torch._foreach_copy_(params, self._theta)
         return loss.detach()
+
+    def _rewound_rng(self) -> contextlib.AbstractContextManager:
+        """With ``sam_same_dropout``, a context after which the random state is back where it was (CPU and this
+        device), so the next pass draws the same dropout masks; otherwise a no-op."""
+        if not self.args.sam_same_dropout:
+            return contextlib.nullcontext()
+        device = self.args.device
+        if device.type == "cpu":
+            return torch.random.fork_rng(devices=[])
+        return torch.random.fork_rng(devices=[device], device_type=device.type)
 
     def _ascent(self, model, inputs, params) -> tuple[torch.Tensor, list[torch.Tensor], bool]:
         """``l(theta; B)`` and its gradient ``g`` (unscaled; averaged over ranks when the perturbation is global)."""

@@ -57,6 +57,15 @@ class LETSTrainingArguments(TrainingArguments):
             "paper's m-sharpness; equals gradient accumulation N x b) and skips one all-reduce."
         },
     )
+    sam_same_dropout: bool = field(
+        default=False,
+        metadata={
+            "help": "Run the perturbed (descent) pass with the ascent pass's dropout masks (the random state is "
+            "rewound), so that G - g is the loss's change under the perturbation, not also the difference of two "
+            "dropout draws. LETS's curvature u = (G - g) / rho needs it on a model with dropout: with independent "
+            "masks its noise grows as 1/rho (docs/algorithm.md, 'Dropout'). Being measured, docs/results.md section 7."
+        },
+    )
     # ---- LETS: learning the radius ----------------------------------------------------------------------------
     sam_every: int = field(
         default=1,

@@ -35,8 +35,8 @@ def regression_data(n: int, dim: int = 3, seed: int = 0) -> list[dict]:
     return [{"x": x[i], "labels": y[i]} for i in range(n)]
 
 
-def tiny_bert(seed: int = 0, num_labels: int = 2, dtype=torch.float32) -> BertForSequenceClassification:
-    """A 1-layer BERT with dropout off, so that runs are deterministic and comparable."""
+def tiny_bert(seed: int = 0, num_labels: int = 2, dtype=torch.float32, dropout: float = 0.0, **config_kw):
+    """A 1-layer BERT, by default with dropout off, so that runs are deterministic and comparable."""
     torch.manual_seed(seed)
     config = BertConfig(
         vocab_size=64,
@@ -46,8 +46,9 @@ def tiny_bert(seed: int = 0, num_labels: int = 2, dtype=torch.float32) -> BertFo
         intermediate_size=32,
         max_position_embeddings=32,
         num_labels=num_labels,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
+        hidden_dropout_prob=dropout,
+        attention_probs_dropout_prob=dropout,
+        **config_kw,
     )
     return BertForSequenceClassification(config).to(dtype)
 
