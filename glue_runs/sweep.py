@@ -402,13 +402,15 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("config", help="sweep config (.yaml or .json)")
     parser.add_argument("--max-runs", type=int, default=None, help="stop after this many new runs (one sitting)")
     parser.add_argument("--render-only", action="store_true", help="only redraw the table and plot")
+    parser.add_argument("--tasks", nargs="+", help="run only these of the config's tasks (to split a sweep)")
+    parser.add_argument("--seeds", nargs="+", type=int, help="run only these of the config's seeds (to split a sweep)")
     opts = parser.parse_args(argv)
     config = load_config(opts.config)
     command = f"python -m glue_runs.sweep {opts.config}"  # what produces the table: not --max-runs/--render-only
     done, new = finished(config["results"]), 0
     check_settings(config, done)
     for task, method, seed in [] if opts.render_only else plan(config):
-        if (task, method, seed) in done:
+        if (task, method, seed) in done or not selected(opts, task, seed):
             continue
         if opts.max_runs is not None and new >= opts.max_runs:
             break
@@ -425,6 +427,12 @@ def main(argv: list[str] | None = None) -> dict:
         render(config, command)
     render(config, command)
     return done
+
+
+def selected(opts: argparse.Namespace, task: str, seed: int) -> bool:
+    """Whether ``--tasks``/``--seeds`` (absent: everything) let this run through. Two processes given disjoint
+    selections share one results file: each appends its own records and renders the table from the file."""
+    return (opts.tasks is None or task in opts.tasks) and (opts.seeds is None or seed in opts.seeds)
 
 
 if __name__ == "__main__":

@@ -211,3 +211,14 @@ def test_baselines_come_from_the_other_sweep_for_this_sweeps_tasks_and_seeds_onl
         with_baselines({**config, "baselines": {**config["baselines"], "methods": ["sam-9"]}}, mine)
     with pytest.raises(ValueError, match=r"its base differs from this sweep's \(num_train_epochs\)"):
         with_baselines({**config, "base": {"num_train_epochs": 10}}, mine)
+
+
+def test_a_sweep_split_by_seed_fills_one_results_file(tmp_path, glue_dir, tiny_roberta):
+    """Two sittings (or two processes) with disjoint --seeds share the file and the table."""
+    path, config = write_config(tmp_path, glue_dir, tiny_roberta)
+    main([path, "--seeds", "1"])
+    assert [(r["method"], r["seed"]) for r in records(config)] == [("adamw", 1), ("lets-sam", 1)]
+    assert "2 of 4 runs finished" in (tmp_path / "page.md").read_text()
+    main([path, "--seeds", "0", "--tasks", "RTE"])
+    assert [(r["method"], r["seed"]) for r in records(config)][2:] == [("adamw", 0), ("lets-sam", 0)]
+    assert "4 of 4 runs finished" in (tmp_path / "page.md").read_text()
