@@ -404,13 +404,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--render-only", action="store_true", help="only redraw the table and plot")
     parser.add_argument("--tasks", nargs="+", help="run only these of the config's tasks (to split a sweep)")
     parser.add_argument("--seeds", nargs="+", type=int, help="run only these of the config's seeds (to split a sweep)")
+    parser.add_argument("--methods", nargs="+", help="run only these of the config's methods")
     opts = parser.parse_args(argv)
     config = load_config(opts.config)
     command = f"python -m glue_runs.sweep {opts.config}"  # what produces the table: not --max-runs/--render-only
     done, new = finished(config["results"]), 0
     check_settings(config, done)
     for task, method, seed in [] if opts.render_only else plan(config):
-        if (task, method, seed) in done or not selected(opts, task, seed):
+        if (task, method, seed) in done or not selected(opts, task, method, seed):
             continue
         if opts.max_runs is not None and new >= opts.max_runs:
             break
@@ -429,10 +430,11 @@ def main(argv: list[str] | None = None) -> dict:
     return done
 
 
-def selected(opts: argparse.Namespace, task: str, seed: int) -> bool:
-    """Whether ``--tasks``/``--seeds`` (absent: everything) let this run through. Two processes given disjoint
-    selections share one results file: each appends its own records and renders the table from the file."""
-    return (opts.tasks is None or task in opts.tasks) and (opts.seeds is None or seed in opts.seeds)
+def selected(opts: argparse.Namespace, task: str, method: str, seed: int) -> bool:
+    """Whether ``--tasks``/``--methods``/``--seeds`` (absent: everything) let this run through. Two processes given
+    disjoint selections share one results file: each appends its own records and renders the table from the file."""
+    wanted = ((opts.tasks, task), (opts.methods, method), (opts.seeds, seed))
+    return all(chosen is None or value in chosen for chosen, value in wanted)
 
 
 if __name__ == "__main__":

@@ -219,6 +219,8 @@ def test_a_sweep_split_by_seed_fills_one_results_file(tmp_path, glue_dir, tiny_r
     main([path, "--seeds", "1"])
     assert [(r["method"], r["seed"]) for r in records(config)] == [("adamw", 1), ("lets-sam", 1)]
     assert "2 of 4 runs finished" in (tmp_path / "page.md").read_text()
-    main([path, "--seeds", "0", "--tasks", "RTE"])
-    assert [(r["method"], r["seed"]) for r in records(config)][2:] == [("adamw", 0), ("lets-sam", 0)]
+    main([path, "--seeds", "0", "--tasks", "RTE", "--methods", "lets-sam"])
+    assert [(r["method"], r["seed"]) for r in records(config)][2:] == [("lets-sam", 0)]
+    main([path, "--seeds", "0"])
+    assert [(r["method"], r["seed"]) for r in records(config)][3:] == [("adamw", 0)]
     assert "4 of 4 runs finished" in (tmp_path / "page.md").read_text()
