@@ -233,19 +233,22 @@ def test_training_logs_carry_rho_gap_and_hypergradient(base_args):
     "interval,n_accum,horizon,extra",
     [(1, 1, "interval", {}), (2, 2, "interval", {}), (3, 1, "interval", {}), (2, 2, "step", {}),
      (2, 1, "trace", {}), (1, 1, "interval", {"lets_clip": 0.1}),
-     (2, 2, "interval", {"sam_every": 2, "sam_reuse": "looksam"}), (2, 1, "step", {"sam_every": 2})],
+     (2, 2, "interval", {"sam_every": 2, "sam_reuse": "looksam"}), (2, 1, "step", {"sam_every": 2}),
+     (2, 2, "interval", {"sam_same_dropout": True, "dropout": 0.1})],
 )  # fmt: skip
 def test_resume_equals_uninterrupted_run(tmp_path, base_args, interval, n_accum, horizon, extra):
     """checkpoint-3 falls inside a window at interval 2 and 3: the look-ahead Z summed so far must round-trip; at
     lets_clip 0.1 every hyper-step after the first is clipped by the recent sizes, which must round-trip too; with
-    sam_every 2 step 3 is a plain step that reuses LookSAM's g_v of step 2, saved in the checkpoint."""
+    sam_every 2 step 3 is a plain step that reuses LookSAM's g_v of step 2, saved in the checkpoint; with dropout and
+    sam_same_dropout the masks after the resume are the ones the uninterrupted run drew (the Trainer's RNG state)."""
+    dropout = extra.pop("dropout", 0.0)
 
     class Interrupt(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
             control.should_training_stop = state.global_step == 3  # after checkpoint-3 is written
 
     def run(out, max_steps, resume=None, callbacks=()):
-        model = tiny_bert()
+        model = tiny_bert(dropout=dropout)
         settings = dict(base_args, output_dir=str(out), save_strategy="steps", lets_guard_tolerance=0.2)
         args = LETSTrainingArguments(
             **settings,
