@@ -9,12 +9,14 @@
 
 from __future__ import annotations
 
+import functools
 import glob
 import json
 import logging
 import os
 import shutil
 import sys
+import typing
 from dataclasses import dataclass, field
 
 import datasets
@@ -186,13 +188,33 @@ def parse(argv: list[str] | None) -> tuple[ModelArguments, DataArguments, LETSTr
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0].endswith((".json", ".yaml", ".yml")):
         argv = _config_to_flags(argv[0]) + argv[1:]
-    parser = HfArgumentParser((ModelArguments, DataArguments, LETSTrainingArguments))
+    parser = _accept_none(HfArgumentParser((ModelArguments, DataArguments, LETSTrainingArguments)))
     model_args, data_args, args = parser.parse_args_into_dataclasses(args=argv)
     if data_args.task_name is None and data_args.train_file is None:
         raise ValueError("Pass --task_name (e.g. RTE), or --train_file for custom data.")
     if not 0 < data_args.lets_dev_fraction < 1:
         raise ValueError(f"lets_dev_fraction={data_args.lets_dev_fraction} must lie in (0, 1).")
     return model_args, data_args, args
+
+
+def _accept_none(parser: HfArgumentParser) -> HfArgumentParser:
+    """Let every field typed ``X | None`` take ``None`` (or ``null``) on the command line and in a config file:
+    ``--lets_guard_tolerance None`` turns the guard off. argparse would refuse it as a float, and dropping a config's
+    ``null`` would silently keep the default (0.2: the guard on)."""
+    optional = {
+        name
+        for dataclass_type in parser.dataclass_types
+        for name, hint in typing.get_type_hints(dataclass_type).items()
+        if type(None) in typing.get_args(hint)
+    }
+    for action in parser._actions:
+        if action.dest in optional and callable(action.type):
+            action.type = functools.partial(_none_or, action.type)
+    return parser
+
+
+def _none_or(convert: typing.Callable[[str], typing.Any], text: str) -> typing.Any:
+    return None if text.lower() in ("none", "null") else convert(text)
 
 
 def _config_to_flags(path: str) -> list[str]:
@@ -204,9 +226,7 @@ def _config_to_flags(path: str) -> list[str]:
         raise ValueError(f"{path} must hold one mapping of argument names to values.")
     flags = []
     for key, value in config.items():
-        if value is None:
-            continue
-        values = value if isinstance(value, list) else [value]
+        values = value if isinstance(value, list) else [value]  # null: the flag's None (see _accept_none)
         flags += [f"--{key}", *(str(v).lower() if isinstance(v, bool) else str(v) for v in values)]
     return flags
 

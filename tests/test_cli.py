@@ -9,7 +9,7 @@ import sys
 import pytest
 from safetensors.torch import load_file
 
-from glue_runs.run_glue import cli, run
+from glue_runs.run_glue import cli, parse, run
 
 FAST = [
     "--do_train",
@@ -296,3 +296,17 @@ def test_help_exits_0_and_lists_the_lets_options():
     for flag in (*flags, "--sam_every", "--sam_reuse", "--looksam_alpha", "--lets_clip"):
         assert flag in proc.stdout
     assert "within 5 percent below it" in proc.stdout
+
+
+def test_none_turns_an_optional_setting_off_on_the_command_line_and_in_a_config(tmp_path):
+    """``--lets_guard_tolerance None`` (the documented way to turn the guard off) used to be refused as a float, and
+    a config's ``lets_guard_tolerance: null`` was dropped, which silently kept the guard on."""
+    required = ["--model_name_or_path", "m", "--task_name", "RTE", "--output_dir", str(tmp_path)]
+    _, _, args = parse([*required, "--lets_guard_tolerance", "None", "--lets_rho_max", "0.5"])
+    assert args.lets_guard_tolerance is None and args.lets_rho_max == 0.5 and args.lets_guard_patience == 10
+    config = tmp_path / "run.yaml"
+    config.write_text("model_name_or_path: m\ntask_name: RTE\nlets_guard_tolerance: null\nlets_guard_patience: null\n")
+    _, _, args = parse([str(config), "--output_dir", str(tmp_path)])
+    assert args.lets_guard_tolerance is None and args.lets_guard_patience is None
+    with pytest.raises(SystemExit):  # a setting that cannot be None still says so (argparse: invalid float value)
+        parse([*required, "--sam_rho", "None"])
