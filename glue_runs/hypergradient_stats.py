@@ -111,16 +111,20 @@ def find_histories(root: str) -> list[str]:
     return found
 
 
-def read_records(path: str) -> list[tuple[str, list[float]]]:
+def read_records(path: str, before_trip: bool = False) -> list[tuple[str, list[float]]]:
     """``(task/method/seedN, hypergradients)`` of every LETS record in a sweep's results JSONL that kept its
-    per-hyper-step history (``lets_history``; records made before it was kept have none and are left out)."""
+    per-hyper-step history (``lets_history``; records made before it was kept have none and are left out). With
+    ``before_trip``, only the hyper-steps before the loss guard's first trip (the radius the run was meant to have)."""
     runs = []
     with open(path) as f:
         for line in f:
             record = json.loads(line) if line.strip() else {}
             if record.get("lets_history"):
                 name = f"{record['task']}/{record['method']}/seed{record['seed']}"
-                runs.append((name, [float(h["hypergradient"]) for h in record["lets_history"]]))
+                history = record["lets_history"]
+                if before_trip:
+                    history = history[: next((i for i, h in enumerate(history) if h["guard_tripped"]), len(history))]
+                runs.append((name, [float(h["hypergradient"]) for h in history]))
     if not runs:
         raise ValueError(f"{path} holds no record with a lets_history (LETS runs of a sweep that keeps them)")
     return sorted(runs)
@@ -163,9 +167,9 @@ def render_replay(
     return "\n".join(lines)
 
 
-def _runs(source: str) -> list[tuple[str, list[float]]]:
+def _runs(source: str, before_trip: bool = False) -> list[tuple[str, list[float]]]:
     if os.path.isfile(source):
-        return read_records(source)
+        return read_records(source, before_trip)
     runs = []
     for path in find_histories(source):
         try:
@@ -175,7 +179,7 @@ def _runs(source: str) -> list[tuple[str, list[float]]]:
     return runs
 
 
-def render(source: str) -> str:
+def render(source: str, before_trip: bool = False) -> str:
     """A markdown table, one row per run: the LETS records of a results JSONL, or every lets_history.csv under a
     folder (named by its path relative to it)."""
     lines = [
@@ -183,7 +187,7 @@ def render(source: str) -> str:
         "samples for SNR 1 |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for name, values in _runs(source):
+    for name, values in _runs(source, before_trip):
         try:
             s = summarize(values)
         except ValueError as err:
@@ -206,6 +210,9 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--travel", type=float, default=100.0, help="--replay with this lets_travel (default 100)")
     parser.add_argument("--clip", type=float, default=0.0, help="--replay with this lets_clip (default 0: off)")
     parser.add_argument("--schedule", default="constant", help="--replay with this lets_lr_schedule")
+    parser.add_argument(
+        "--before-trip", action="store_true", help="only the hyper-steps before the loss guard's first trip (JSONL)"
+    )
     args = parser.parse_args(argv)
     if args.replay and not os.path.isfile(args.root):
         parser.error("--replay reads a sweep's results JSONL (its records keep rho and the settings)")
@@ -213,7 +220,7 @@ def main(argv: list[str] | None = None) -> str:
         table = (
             render_replay(args.root, args.replay, args.travel, args.clip, args.schedule)
             if args.replay
-            else render(args.root)
+            else render(args.root, args.before_trip)
         )
     except (FileNotFoundError, ValueError) as err:
         parser.error(str(err))

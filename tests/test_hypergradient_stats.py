@@ -117,3 +117,15 @@ def test_replay_with_a_clip_keeps_a_heavy_tailed_pair_from_turning_the_radius(tm
     path.write_text(json.dumps(record) + "\n")
     table = main([str(path), "--replay", "signum", "--clip", "3"]).splitlines()
     assert table[2] == f"| STS-B/lets/seed2 | 0.05 | {0.1 * math.exp(-lr * len(values)):.3g} |"
+
+
+def test_before_trip_keeps_the_hyper_steps_before_the_guards_first_trip(tmp_path):
+    history = [
+        {"step": 2 + 10 * i, "hypergradient": v, "guard_tripped": i >= 4}
+        for i, v in enumerate([1.0, 2.0, -1.0, 3.0, 50.0, -60.0])
+    ]
+    path = tmp_path / "sweep.jsonl"
+    path.write_text(json.dumps({"task": "MRPC", "method": "probe", "seed": 2, "lets_history": history}) + "\n")
+    whole, before = main([str(path)]).splitlines()[2], main([str(path), "--before-trip"]).splitlines()[2]
+    assert whole.startswith("| MRPC/probe/seed2 | 6 | 4 |") and before.startswith("| MRPC/probe/seed2 | 4 | 3 |")
+    assert before.endswith("| +0.73 | +1.46 | +1.00 | 2 | 2 |")  # mean 1.25, sd 1.708 over [1, 2, -1, 3]
