@@ -198,7 +198,8 @@ def parse(argv: list[str] | None) -> tuple[ModelArguments, DataArguments, LETSTr
 
 
 def _accept_none(parser: HfArgumentParser) -> HfArgumentParser:
-    """Let every field typed ``X | None`` take ``None`` (or ``null``) on the command line and in a config file:
+    """Let every field typed ``X | None`` take ``None`` (or ``null``; a lower-case ``none`` stays a string, as
+    ``--report_to none`` needs) on the command line and in a config file:
     ``--lets_guard_tolerance None`` turns the guard off. argparse would refuse it as a float, and dropping a config's
     ``null`` would silently keep the default (0.2: the guard on)."""
     optional = {
@@ -214,7 +215,7 @@ def _accept_none(parser: HfArgumentParser) -> HfArgumentParser:
 
 
 def _none_or(convert: typing.Callable[[str], typing.Any], text: str) -> typing.Any:
-    return None if text.lower() in ("none", "null") else convert(text)
+    return None if text in ("None", "null") else convert(text)  # not "none": report_to's value for no reporting
 
 
 def _config_to_flags(path: str) -> list[str]:

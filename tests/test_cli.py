@@ -302,8 +302,9 @@ def test_none_turns_an_optional_setting_off_on_the_command_line_and_in_a_config(
     """``--lets_guard_tolerance None`` (the documented way to turn the guard off) used to be refused as a float, and
     a config's ``lets_guard_tolerance: null`` was dropped, which silently kept the guard on."""
     required = ["--model_name_or_path", "m", "--task_name", "RTE", "--output_dir", str(tmp_path)]
-    _, _, args = parse([*required, "--lets_guard_tolerance", "None", "--lets_rho_max", "0.5"])
+    _, _, args = parse([*required, "--lets_guard_tolerance", "None", "--lets_rho_max", "0.5", "--report_to", "none"])
     assert args.lets_guard_tolerance is None and args.lets_rho_max == 0.5 and args.lets_guard_patience == 10
+    assert args.report_to == []  # the string "none" (no reporting), which the Trainer turns into an empty list
     config = tmp_path / "run.yaml"
     config.write_text("model_name_or_path: m\ntask_name: RTE\nlets_guard_tolerance: null\nlets_guard_patience: null\n")
     _, _, args = parse([str(config), "--output_dir", str(tmp_path)])
