@@ -32,9 +32,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     task = get_task(opts.task)
     path = resolve_model_path("packaged:minilm-l6")
     tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForSequenceClassification.from_pretrained(
-        path, num_labels=task.num_labels if task.labels else 1
-    ).train()
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=task.num_labels).train()
     train = load_glue_dir(task, os.environ["GLUE_DIR"], with_test=False)["train"].select(range(opts.batch))
     texts = [list(train[column]) for column in task.text_columns]
     batch = dict(tokenizer(*texts, padding=True, truncation=True, max_length=128, return_tensors="pt"))
