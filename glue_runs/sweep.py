@@ -15,7 +15,8 @@ With ``results_page: <file>`` the same text replaces what stands between the fil
 ``<!-- sweep-table:<results stem>:start -->`` and ``...:end -->`` markers.
 With ``baselines: {config: <another sweep config>, methods: [...]}`` the table, the comparisons and the plot also
 show those methods' finished runs from the other sweep's results (same tasks and seeds), so that new methods are
-read against a grid run once; the two configs' ``base`` must be equal, or the baselines are refused.
+read against a grid run once; the two configs' ``base`` must be equal, or the baselines are refused. A list of
+such entries reads baselines from several sweeps.
 """
 
 from __future__ import annotations
@@ -347,26 +348,36 @@ def render_plot(config: dict, records: dict, path: str) -> None:
 
 def with_baselines(config: dict, records: dict) -> tuple[dict, dict]:
     """The config and records to render: the sweep's own, preceded by the ``baselines`` methods' finished runs of
-    another sweep (its tasks and seeds restricted to this one's). Refused when the two sweeps' ``base`` differ."""
-    spec = config.get("baselines")
-    if not spec:
+    other sweeps (their tasks and seeds restricted to this one's). ``baselines`` is one ``{config, methods}`` or a
+    list of them (earlier entries first); each is refused when its sweep's ``base`` differs from this one's."""
+    specs = baseline_specs(config)
+    methods, theirs = {}, {}
+    for spec in specs:
+        other = load_config(spec["config"])
+        if other["base"] != config["base"]:
+            keys = sorted(
+                k for k in set(other["base"]) | set(config["base"]) if other["base"].get(k) != config["base"].get(k)
+            )
+            raise ValueError(
+                f"baselines {spec['config']}: its base differs from this sweep's ({', '.join(keys)}); its runs are "
+                "not baselines of these. Make the bases equal or drop 'baselines'."
+            )
+        missing = [m for m in spec["methods"] if m not in other["methods"]]
+        if missing:
+            raise ValueError(f"baselines {spec['config']}: no method {', '.join(missing)} there.")
+        mine = {m: other["methods"][m] for m in spec["methods"] if m not in config["methods"] and m not in methods}
+        wanted = {(t, m, s) for t in config["tasks"] for m in mine for s in config["seeds"]}
+        theirs.update({key: r for key, r in finished(other["results"]).items() if key in wanted})
+        methods.update(mine)
+    if not specs:
         return config, records
-    other = load_config(spec["config"])
-    if other["base"] != config["base"]:
-        keys = sorted(
-            k for k in set(other["base"]) | set(config["base"]) if other["base"].get(k) != config["base"].get(k)
-        )
-        raise ValueError(
-            f"baselines {spec['config']}: its base differs from this sweep's ({', '.join(keys)}); its runs are not "
-            "baselines of these. Make the bases equal or drop 'baselines'."
-        )
-    missing = [m for m in spec["methods"] if m not in other["methods"]]
-    if missing:
-        raise ValueError(f"baselines {spec['config']}: no method {', '.join(missing)} there.")
-    methods = {m: other["methods"][m] for m in spec["methods"] if m not in config["methods"]}
-    wanted = {(t, m, s) for t in config["tasks"] for m in methods for s in config["seeds"]}
-    theirs = {key: r for key, r in finished(other["results"]).items() if key in wanted}
     return {**config, "methods": {**methods, **config["methods"]}}, {**theirs, **records}
+
+
+def baseline_specs(config: dict) -> list[dict]:
+    """``baselines`` as a list of ``{config, methods}`` (none, one, or several)."""
+    spec = config.get("baselines")
+    return [] if not spec else [spec] if isinstance(spec, dict) else list(spec)
 
 
 def render(config: dict, command: str) -> None:
@@ -376,11 +387,9 @@ def render(config: dict, command: str) -> None:
     total = len(planned)
     view, shown = with_baselines(config, records)
     text = f"{render_table(view, shown)}\n\n{len(records)} of {total} runs finished. Command: `{command}`\n"
-    if view is not config:
-        spec = config["baselines"]
-        text += (
-            f"Baselines ({', '.join(m for m in view['methods'] if m not in config['methods'])}): `{spec['config']}`.\n"
-        )
+    for spec in baseline_specs(config):
+        names = ", ".join(m for m in spec["methods"] if m not in config["methods"])
+        text += f"Baselines ({names}): `{spec['config']}`.\n"
     if config.get("details"):  # per-seed values, minutes per run and the grid comparisons under the table
         text += f"\n{render_details(view, shown, own=set(config['methods']))}\n"
     atomic_write_text(f"{stem}.md", text)

@@ -213,6 +213,39 @@ def test_baselines_come_from_the_other_sweep_for_this_sweeps_tasks_and_seeds_onl
         with_baselines({**config, "base": {"num_train_epochs": 10}}, mine)
 
 
+def test_baselines_from_several_sweeps_join_in_order(tmp_path):
+    """A list of baselines reads each sweep's methods; a method two of them list comes from the first."""
+    from glue_runs.sweep import with_baselines
+
+    base = {"num_train_epochs": 3}
+    for name, value in (("grid", 0.1), ("clip", 0.2)):
+        other = {
+            "output_root": str(tmp_path / name),
+            "results": str(tmp_path / f"{name}.jsonl"),
+            "base": base,
+            "tasks": ["MRPC"],
+            "seeds": [0],
+            "methods": {"adamw": {"sam_variant": "none"}, f"lets-{name}": {"sam_variant": "sam", "lets": True}},
+        }
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(other))
+        with open(other["results"], "w") as f:
+            for method in other["methods"]:
+                f.write(json.dumps({"task": "MRPC", "method": method, "seed": 0, "value": value}) + "\n")
+    config = {
+        "base": base,
+        "tasks": ["MRPC"],
+        "seeds": [0],
+        "methods": {"cheap": {"sam_variant": "sam", "sam_every": 5}},
+        "baselines": [
+            {"config": str(tmp_path / "grid.yaml"), "methods": ["adamw"]},
+            {"config": str(tmp_path / "clip.yaml"), "methods": ["adamw", "lets-clip"]},
+        ],
+    }
+    view, shown = with_baselines(config, {("MRPC", "cheap", 0): {"value": 0.3}})
+    assert list(view["methods"]) == ["adamw", "lets-clip", "cheap"]
+    assert {k[1]: r["value"] for k, r in shown.items()} == {"adamw": 0.1, "lets-clip": 0.2, "cheap": 0.3}
+
+
 def test_a_sweep_split_by_seed_fills_one_results_file(tmp_path, glue_dir, tiny_roberta):
     """Two sittings (or two processes) with disjoint --seeds share the file and the table."""
     path, config = write_config(tmp_path, glue_dir, tiny_roberta)
