@@ -167,6 +167,12 @@ def _mean_sd(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else float("nan"))
 
 
+def _mean_pm(values: list[float]) -> str:
+    """``mean +- sd`` to three decimals (the mean alone for one value)."""
+    pm = f" +- {statistics.stdev(values):.3f}" if len(values) > 1 else ""
+    return f"{statistics.fmean(values):.3f}{pm}"
+
+
 def render_table(config: dict, records: dict) -> str:
     """Markdown: one row per task, one column per method; mean +- std (n seeds); final rho (mean +- std) for LETS."""
     methods = list(config["methods"])
@@ -178,11 +184,7 @@ def render_table(config: dict, records: dict) -> str:
             if not runs:
                 cells.append("-")
                 continue
-            values = [r["value"] for r in runs]
-            cell = f"{statistics.fmean(values):.3f}" + (
-                f" +- {statistics.stdev(values):.3f}" if len(values) > 1 else ""
-            )
-            cell += f" (n={len(values)})"
+            cell = f"{_mean_pm([r['value'] for r in runs])} (n={len(runs)})"
             if runs[0]["lets"]:
                 rhos = [r["final_rho"] for r in runs]
                 cell += f"<br>rho {statistics.fmean(rhos):.3g}" + (
@@ -285,6 +287,7 @@ def render_details(config: dict, records: dict, own: set[str] | None = None) -> 
                 )
                 break
         out += compare(config, records, task)
+        out += [""] + render_curves(config, records, task)
         out.append("")
     counted = [r for (_, m, _), r in records.items() if own is None or m in own]
     hours = sum(r["wall_seconds"] for r in counted) / 3600
@@ -294,6 +297,40 @@ def render_details(config: dict, records: dict, own: set[str] | None = None) -> 
         f"Machine time of the finished runs ({len(counted)}): {hours:.1f} h wall, {sum(cpu) / 3600:.1f} CPU hours{of}."
     )
     return re.sub(r"\n{3,}", "\n\n", "\n".join(out))  # one blank line between tasks, whatever a block held
+
+
+def dev_curves(config: dict, records: dict, task: str) -> dict[str, list[tuple[int, list[float]]]]:
+    """Per method, the dev metric at each evaluation during training (``eval_strategy``), over its seeds: ``[(step,
+    [value per seed]), ...]`` at the steps every seed evaluated at; methods whose runs evaluated once are left out."""
+    metric = f"eval_{MAIN_METRIC.get(task, get_task(task).metrics[0])}"
+    curves = {}
+    for method in config["methods"]:
+        runs = [{e["step"]: e[metric] for e in r.get("eval_curve") or []} for r in _runs(records, task, method)]
+        steps = sorted(set.intersection(*(set(c) for c in runs))) if runs else []
+        if len(steps) >= 2:
+            curves[method] = [(step, [c[step] for c in runs]) for step in steps]
+    return curves
+
+
+def render_curves(config: dict, records: dict, task: str) -> list[str]:
+    """The dev curves as a table: one row per method, mean +- sd over seeds at each evaluation (the last column is
+    the final value the verdicts read)."""
+    curves = dev_curves(config, records, task)
+    if not curves:
+        return []
+    steps = sorted({step for curve in curves.values() for step, _ in curve})
+    lines = [
+        f"Dev {MAIN_METRIC.get(task, get_task(task).metrics[0])} at each evaluation during training (mean +- sd over "
+        "seeds; columns: optimizer step):",
+        "",
+        "| method | " + " | ".join(str(step) for step in steps) + " |",
+        "|---|" + "---|" * len(steps),
+    ]
+    for method, curve in curves.items():
+        at = dict(curve)
+        cells = [_mean_pm(at[step]) if step in at else "-" for step in steps]
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def grid_radii(records: dict, task: str) -> dict[float, list[str]]:
@@ -314,7 +351,9 @@ def render_plot(config: dict, records: dict, path: str) -> None:
     import matplotlib.pyplot as plt
 
     tasks, methods = config["tasks"], list(config["methods"])
-    fig, axes = plt.subplots(2, len(tasks), figsize=(4.5 * len(tasks), 7), squeeze=False)
+    curves = {task: dev_curves(config, records, task) for task in tasks}
+    n_rows = 3 if any(curves.values()) else 2  # a third row for the dev curves when runs evaluated during training
+    fig, axes = plt.subplots(n_rows, len(tasks), figsize=(4.5 * len(tasks), 3.5 * n_rows), squeeze=False)
     for col, task in enumerate(tasks):
         ax = axes[0][col]
         for x, method in enumerate(methods):
@@ -341,6 +380,16 @@ def render_plot(config: dict, records: dict, path: str) -> None:
         if ax_rho.lines:
             ax_rho.set_yscale("log")
             ax_rho.legend(fontsize=6)
+        for method, curve in curves[task].items() if n_rows == 3 else []:
+            steps, values = zip(*curve)
+            color = f"C{methods.index(method) % 10}"
+            axes[2][col].plot(steps, [statistics.fmean(v) for v in values], lw=1.5, color=color, label=method)
+            for seed_values in zip(*values):  # one thin line per seed
+                axes[2][col].plot(steps, seed_values, lw=0.5, alpha=0.4, color=color)
+        if n_rows == 3:
+            axes[2][col].set_xlabel("optimizer step")
+            axes[2][col].set_ylabel("dev metric during training (mean; thin: seeds)")
+            axes[2][col].legend(fontsize=6)
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
     plt.close(fig)

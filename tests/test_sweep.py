@@ -257,3 +257,30 @@ def test_a_sweep_split_by_seed_fills_one_results_file(tmp_path, glue_dir, tiny_r
     main([path, "--seeds", "0"])
     assert [(r["method"], r["seed"]) for r in records(config)][3:] == [("adamw", 0)]
     assert "4 of 4 runs finished" in (tmp_path / "page.md").read_text()
+
+
+def test_dev_curves_are_tabled_and_plotted_per_evaluation(tmp_path):
+    """Runs that evaluated during training (eval_strategy epoch) get a table of the dev metric per evaluation, mean
+    +- sd over seeds, and a third plot row; a method whose runs evaluated only at the end gets neither."""
+    from glue_runs.sweep import dev_curves, render_curves, render_plot
+
+    config = {"tasks": ["SST-2"], "seeds": [0, 1], "methods": {"adamw": {"sam_variant": "none"}, "sam": {}}}
+
+    def record(method, seed, curve):
+        return {
+            "task": "SST-2", "method": method, "seed": seed, "value": curve[-1], "final_rho": None, "lets": False,
+            "settings": {"sam_variant": "none"}, "rho_trajectory": [],
+            "eval_curve": [{"step": 10 * (i + 1), "eval_accuracy": v} for i, v in enumerate(curve)],
+        }  # fmt: skip
+
+    records = {
+        ("SST-2", "adamw", 0): record("adamw", 0, [0.7, 0.8, 0.74]),
+        ("SST-2", "adamw", 1): record("adamw", 1, [0.6, 0.8, 0.76]),
+        ("SST-2", "sam", 0): record("sam", 0, [0.79]),
+    }
+    assert dev_curves(config, records, "SST-2") == {"adamw": [(10, [0.7, 0.6]), (20, [0.8, 0.8]), (30, [0.74, 0.76])]}
+    table = render_curves(config, records, "SST-2")
+    assert table[2] == "| method | 10 | 20 | 30 |"
+    assert table[4] == "| adamw | 0.650 +- 0.071 | 0.800 +- 0.000 | 0.750 +- 0.014 |" and len(table) == 5
+    render_plot(config, records, str(tmp_path / "plot.png"))
+    assert (tmp_path / "plot.png").stat().st_size > 0
