@@ -105,15 +105,16 @@ class LETSTrainingArguments(TrainingArguments):
     lets_lr: float | None = field(
         default=None,
         metadata={
-            "help": "Learning rate of the radius optimizer on log rho. With Adam, log rho moves by at most "
-            "about lets_lr per hyper-step. Default: ln(lets_travel) / (the run's hyper-steps)."
+            "help": "Learning rate of the radius optimizer on log rho: signum moves log rho by exactly lets_lr per "
+            "hyper-step, Adam by at most about that. Default: ln(lets_travel) / (the run's hyper-steps, at least 10)."
         },
     )
     lets_travel: float = field(
-        default=100.0,
+        default=10000.0,
         metadata={
             "help": "When lets_lr is None: the factor by which rho can change over the whole run if every "
-            "hyper-step agrees (100: two decades, whatever the run's length). Must be > 1."
+            "hyper-step agrees (1e4: the two decades from 10x too large to 10x too small in half the run, whatever "
+            "its length). Must be > 1."
         },
     )
     lets_lr_schedule: str = field(
@@ -126,19 +127,19 @@ class LETSTrainingArguments(TrainingArguments):
         },
     )
     lets_optimizer: str = field(
-        default="adam",
+        default="signum",
         metadata={
-            "help": "Radius optimizer on log rho: 'adam', 'signum' (exactly lets_lr per hyper-step in the sign of "
-            "the hypergradient's momentum; being measured, docs/results.md section 7) or 'sgd'.",
+            "help": "Radius optimizer on log rho: 'signum' (exactly lets_lr per hyper-step in the sign of the "
+            "hypergradient's momentum: the signal is in the signs, docs/results.md section 7), 'adam' or 'sgd'.",
             "choices": list(RADIUS_OPTIMIZERS),
         },
     )
     lets_clip: float = field(
-        default=0.0,
+        default=3.0,
         metadata={
             "help": "Clip each hyper-step's dF/d log rho to this multiple of the median size of the latest 10 "
             "before the radius optimizer sees it, so one heavy-tailed value counts as a few ordinary ones "
-            "(0: off; being measured, docs/results.md section 7)."
+            "(0: off)."
         },
     )
     lets_interval: int = field(
@@ -149,13 +150,12 @@ class LETSTrainingArguments(TrainingArguments):
         },
     )
     lets_horizon: str = field(
-        default="step",
+        default="interval",
         metadata={
-            "help": "How far the radius looks ahead: 'step' takes the one step before the held-out pass (the "
-            "paper's one-step look-ahead), 'interval' sums d theta/d rho over the lets_interval steps since the "
-            "last hyper-step (forward mode, each step's Jacobian taken as the identity; one more buffer, no extra "
-            "pass), 'trace' never restarts that sum and lets old steps fade over lets_trace_steps steps (both "
-            "being measured, docs/results.md section 7).",
+            "help": "How far the radius looks ahead: 'interval' sums d theta/d rho over the lets_interval steps "
+            "since the last hyper-step (forward mode, each step's Jacobian taken as the identity; one more buffer, "
+            "no extra pass), 'step' takes the one step before the held-out pass (the paper's one-step look-ahead), "
+            "'trace' never restarts that sum and lets old steps fade over lets_trace_steps steps.",
             "choices": list(HORIZONS),
         },
     )

@@ -108,8 +108,9 @@ def test_fisher_runs_and_differs_from_exact(base_args):
 def test_radius_moves_against_the_hypergradient(base_args):
     trainer, *_, logged = run_lets(base_args, 1, "secant")
     expected = radius_step(
-        RadiusState(math.log(RHO)), logged, lr=0.01, optimizer="adam", rho_min=RHO / 100, rho_max=10 * RHO
-    )
+        RadiusState(math.log(RHO)), logged, lr=0.01, optimizer=trainer.args.lets_optimizer, rho_min=RHO / 100,
+        rho_max=10 * RHO, clip=trainer.args.lets_clip,
+    )  # fmt: skip
     assert trainer.rho == pytest.approx(expected.rho, rel=1e-12)
     assert (trainer.rho - RHO) * logged < 0
 
@@ -347,7 +348,9 @@ def test_default_radius_lr_is_tied_to_the_run(base_args):
 def test_a_short_run_cannot_send_rho_to_a_bound(base_args, hvp):
     """A 6-step smoke test at interval 5 has one hyper-step. Without the floor under H the default lets_lr was
     ln(100) / 1, and Adam's first step (of size lets_lr whatever the hypergradient) sent ASAM's rho to a bound (0.1 ->
-    1.0; with lets_hvp="exact", 0.01 -> 1e-4). With it rho moves at most 100^(1/10) = 1.58-fold."""
+    1.0; with lets_hvp="exact", 0.01 -> 1e-4). With it rho moves at most lets_travel^(1/10) per hyper-step: 2.5-fold
+    at the default 1e4 (signum's step is exactly that), so reaching a bound (10x up, 100x down) takes 3 or 5
+    hyper-steps that agree."""
     model = tiny_bert()
     args = LETSTrainingArguments(
         **base_args, sam_variant="asam", sam_rho=0.1, lets_hvp=hvp, max_steps=6, lets_interval=5,
@@ -357,9 +360,10 @@ def test_a_short_run_cannot_send_rho_to_a_bound(base_args, hvp):
     trainer.train()
     assert len(trainer.lets_history) == 1 and trainer.lets_history[0]["hypergradient"] != 0
     moved = abs(math.log(trainer.rho / 0.1))
-    assert moved == pytest.approx(math.log(100.0) / MIN_HYPER_STEPS, rel=1e-3)  # Adam's full first step, no more
-    unfloored = radius_lr(100.0, 6, 5) * MIN_HYPER_STEPS  # what H = max(1, 6 // 5) = 1 gave: ln(100)
-    assert unfloored == pytest.approx(math.log(100.0)) and math.exp(unfloored) * 0.1 >= args.lets_rho_max
+    assert moved == pytest.approx(math.log(args.lets_travel) / MIN_HYPER_STEPS, rel=1e-3)  # one full step, no more
+    assert 0.1 * math.exp(2 * moved) < args.lets_rho_max and 0.1 * math.exp(-4 * moved) > args.lets_rho_min
+    unfloored = radius_lr(args.lets_travel, 6, 5) * MIN_HYPER_STEPS  # what H = max(1, 6 // 5) = 1 gives
+    assert unfloored == pytest.approx(math.log(args.lets_travel)) and math.exp(unfloored) * 0.1 >= args.lets_rho_max
 
 
 def test_exact_hvp_through_an_attention_kernel_without_double_backward_says_what_to_do(base_args):
