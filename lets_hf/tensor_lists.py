@@ -1,4 +1,5 @@
-"""Small operations on lists of tensors that the trainer needs: gradients, dot products and rank averages."""
+"""Small operations on lists of tensors that the trainer needs: gradients, dot products, rank averages and buffers
+kept across steps."""
 
 from __future__ import annotations
 
@@ -7,12 +8,30 @@ import torch.distributed as dist
 from torch import Tensor
 from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
-__all__ = ["all_finite", "all_reduce_mean_", "dot", "grads_of"]
+__all__ = ["all_finite", "all_reduce_mean_", "copy_into", "dot", "grads_of", "zeros_into"]
 
 
 def grads_of(params: list[Tensor]) -> list[Tensor]:
     """Each parameter's ``.grad``, zeros for one the loss did not reach (so lists stay aligned with params)."""
     return [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+
+
+def zeros_into(buffer: list[Tensor] | None, like: list[Tensor]) -> list[Tensor]:
+    """``buffer`` zeroed in place, or new zeros shaped like ``like`` when there is none yet (a buffer reused every
+    step costs no allocation after the first)."""
+    if buffer is None:
+        return [torch.zeros_like(t) for t in like]
+    torch._foreach_zero_(buffer)
+    return buffer
+
+
+@torch.no_grad()
+def copy_into(buffer: list[Tensor] | None, source: list[Tensor]) -> list[Tensor]:
+    """``buffer`` overwritten with ``source``, or a detached copy of it when there is none yet."""
+    if buffer is None:
+        return [t.detach().clone() for t in source]
+    torch._foreach_copy_(buffer, source)
+    return buffer
 
 
 def dot(a: list[Tensor], b: list[Tensor]) -> Tensor:

@@ -49,7 +49,7 @@ from .hypergradient import (
     secant_curvature_,
 )
 from .perturbation import get_perturbation, looksam_gradient_, orthogonal_part_
-from .tensor_lists import all_finite, all_reduce_mean_, dot, grads_of
+from .tensor_lists import all_finite, all_reduce_mean_, copy_into, dot, grads_of, zeros_into
 from .training_args import _BACKEND_MESSAGE, LETSTrainingArguments
 
 logger = logging.get_logger(__name__)
@@ -229,8 +229,7 @@ class LETSTrainer(Trainer):
                 self._accumulate_hvp(model, inputs, params, d, n_accum)
         del d
         self._descent(model, inputs, n_accum)
-        with torch.no_grad():
-            torch._foreach_copy_(params, self._theta)
+        copy_into(params, self._theta)  # restore theta
         return loss.detach()
 
     def _rewound_rng(self) -> contextlib.AbstractContextManager:
@@ -275,14 +274,9 @@ class LETSTrainer(Trainer):
         """Save theta; turn the pending u into w and add it to the look-ahead Z; on a hyper-step (the step after a
         multiple of lets_interval) run the held-out pass on Z; open a curvature buffer if this step feeds."""
         if self._perturb:
-            with torch.no_grad():
-                if self._theta is None:
-                    self._theta = [p.detach().clone() for p in params]
-                else:
-                    torch._foreach_copy_(self._theta, params)
+            self._theta = copy_into(self._theta, params)
             if self.args.sam_reuse == "looksam" and self.args.sam_every > 1:
-                self._look = [torch.zeros_like(p) for p in params] if self._look is None else self._look
-                torch._foreach_zero_(self._look)
+                self._look = zeros_into(self._look, params)
         pending, self._pending, spare = self._pending, None, None
         trace = self.args.lets_horizon == "trace"  # Z is d theta / d log rho, kept across hyper-steps
         if pending is not None and not self.accelerator.optimizer_step_was_skipped:
@@ -303,11 +297,7 @@ class LETSTrainer(Trainer):
             self._sums = torch.zeros(4, dtype=torch.float64, device=params[0].device)
             self._sums[:2] = self._heldout_pass(model, params, self._w)
         if self.args.lets and self._perturb and (self.args.lets_horizon != "step" or step % interval == 0):
-            if spare is None:
-                spare = [torch.zeros_like(p) for p in params]
-            else:
-                torch._foreach_zero_(spare)
-            self._u_acc = spare
+            self._u_acc = zeros_into(spare, params)
 
     def _heldout_pass(self, model, params, w) -> torch.Tensor:
         """``[l(theta; V), h_V^T w]`` on one held-out batch, local to this rank (averaged with the other sums)."""
@@ -462,9 +452,7 @@ class LETSTrainer(Trainer):
                 "guard": self.guard.to_dict() if self.guard else None,
                 "heldout": self._heldout.state_dict() if self._heldout else self._heldout_resume,
                 "history": self.lets_history,
-                "pending": None
-                if pending is None
-                else {"lrs": pending.lrs, "clip_coef": float(pending.clip_coef), "rho": pending.rho},
+                "pending": pending and {"lrs": pending.lrs, "clip_coef": float(pending.clip_coef), "rho": pending.rho},
             }
             folder = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
             os.makedirs(folder, exist_ok=True)

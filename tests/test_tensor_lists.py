@@ -1,0 +1,25 @@
+"""The buffers the trainer keeps across steps: reused in place after the first step, never aliased to their source."""
+
+import torch
+
+from lets_hf.tensor_lists import copy_into, zeros_into
+
+
+def test_zeros_into_allocates_once_then_zeroes_in_place():
+    like = [torch.ones(3), torch.ones(2, 2)]
+    buffer = zeros_into(None, like)
+    assert [b.shape for b in buffer] == [(3,), (2, 2)] and all(b.abs().sum() == 0 for b in buffer)
+    buffer[0] += 5.0
+    again = zeros_into(buffer, like)
+    assert again is buffer and again[0].data_ptr() == buffer[0].data_ptr() and again[0].abs().sum() == 0
+
+
+def test_copy_into_copies_values_not_storage_and_reuses_the_buffer():
+    source = [torch.arange(3.0, requires_grad=True)]
+    buffer = copy_into(None, source)
+    assert not buffer[0].requires_grad and buffer[0].data_ptr() != source[0].data_ptr()
+    assert torch.equal(buffer[0], torch.arange(3.0))
+    with torch.no_grad():
+        source[0].mul_(2.0)
+    again = copy_into(buffer, source)
+    assert again is buffer and torch.equal(buffer[0], torch.tensor([0.0, 2.0, 4.0]))
