@@ -1,5 +1,6 @@
 """Run under `torchrun --nproc_per_node 2 tests/ddp_worker.py OUT`: trains each DDP_CASES configuration on CPU (gloo)
-and saves every rank's parameters and rho to OUT/<case>_rank<r>.pt for tests/test_distributed.py to compare."""
+and saves every rank's parameters, rho and hypergradients to OUT/<case>_rank<r>.pt for tests/test_distributed.py to
+compare."""
 
 import os
 import sys
@@ -55,16 +56,16 @@ def train(out_dir, overrides, n_accum, batch, heldout_batch):
     args = LETSTrainingArguments(**{**settings, **overrides})
     trainer = LETSTrainer(model=model, args=args, train_dataset=token_data(64), lets_dataset=token_data(12, seed=1))
     trainer.train()
-    return params_of(model), trainer.rho
+    return params_of(model), trainer.rho, [h["hypergradient"] for h in trainer.lets_history]
 
 
 if __name__ == "__main__":
     out = sys.argv[1]
     rank = int(os.environ["RANK"])
     for name, (overrides, n_accum) in DDP_CASES.items():
-        params, rho = train(os.path.join(out, name), overrides, n_accum, B, HELDOUT_B)
+        params, rho, hyper = train(os.path.join(out, name), overrides, n_accum, B, HELDOUT_B)
         torch.save(
-            {"params": params, "rho": rho, "world_size": int(os.environ["WORLD_SIZE"])},
+            {"params": params, "rho": rho, "hyper": hyper, "world_size": int(os.environ["WORLD_SIZE"])},
             os.path.join(out, f"{name}_rank{rank}.pt"),
         )
     torch.distributed.barrier()

@@ -42,17 +42,19 @@ def ddp_results(tmp_path_factory):
 def test_ddp_equals_the_single_process_run(tmp_path, ddp_results, name):
     rank0, rank1 = ddp_results[name]
     assert rank0["world_size"] == rank1["world_size"] == 2  # really two processes
-    assert rank0["rho"] == rank1["rho"]
+    assert rank0["rho"] == rank1["rho"] and rank0["hyper"] == rank1["hyper"]
     for key in rank0["params"]:
         assert torch.equal(rank0["params"][key], rank1["params"][key]), key
 
     overrides, n_accum = DDP_CASES[name]
     if overrides.get("sam_sync_perturbation", True):  # global perturbation: one process, batch 2b
-        params, rho = train(str(tmp_path), overrides, n_accum, 2 * B, 2 * HELDOUT_B)
+        params, rho, hyper = train(str(tmp_path), overrides, n_accum, 2 * B, 2 * HELDOUT_B)
     else:  # per-rank perturbation: one process, gradient accumulation 2 x b
-        params, rho = train(str(tmp_path), overrides, 2 * n_accum, B, 2 * HELDOUT_B)
+        params, rho, hyper = train(str(tmp_path), overrides, 2 * n_accum, B, 2 * HELDOUT_B)
     if overrides.get("lets", True):
         assert rho != LETSTrainingArguments.sam_rho  # the radius moved from its (default) start
     assert rank0["rho"] == pytest.approx(rho, rel=1e-6)
+    # the values themselves: a sign step (the default optimizer) would hide a wrongly scaled hypergradient in rho
+    assert rank0["hyper"] == pytest.approx(hyper, rel=1e-6, abs=1e-12)
     for key, value in params.items():
         torch.testing.assert_close(rank0["params"][key], value, rtol=0, atol=1e-6, msg=key)

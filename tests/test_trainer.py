@@ -335,6 +335,9 @@ def test_loss_scaling_changes_nothing(base_args):
     plain, p_plain = train_with_scaler(base_args, None)
     scaled, p_scaled = train_with_scaler(base_args, torch.amp.GradScaler("cpu", init_scale=2.0**14))
     assert scaled.rho == pytest.approx(plain.rho, rel=1e-5) and plain.rho != plain.args.sam_rho
+    # the values, not only their signs (signum's steps would hide a wrongly scaled u)
+    hyper = [h["hypergradient"] for h in plain.lets_history]
+    assert [h["hypergradient"] for h in scaled.lets_history] == pytest.approx(hyper, rel=1e-4) and all(hyper)
     for name in p_plain:
         torch.testing.assert_close(p_scaled[name], p_plain[name], rtol=1e-5, atol=1e-6, msg=name)
 
