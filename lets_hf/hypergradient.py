@@ -134,15 +134,17 @@ def optimizer_derivative_(
         clip_coef: ``c = min(1, max_grad_norm / ||G||)``, 1 without clipping.
     """
     index = {id(p): i for i, p in enumerate(params)}
+    kind = optimizer_kind(optimizer)
     for group in optimizer.param_groups:
         members = [index[id(p)] for p in group["params"] if id(p) in index]
         if not members:
             continue
         lr = lrs[id(group)]
-        us = [u[i] for i in members]
-        kind = optimizer_kind(optimizer)
         if kind == "adam":
+            # P = s / (sqrt(v / b) + eps) = s sqrt(b) / (sqrt(v) + eps sqrt(b)), s = (1 - b1)/(1 - b1^k), b = 1 - b2^k:
+            # four passes over each tensor, the scalars (and c) folded into one multiply, one tensor's temporary
             beta1, beta2 = group["betas"]
+            scales: dict[float, Tensor | float] = {}  # per step count k (one, unless parameters joined late)
             for i in members:
                 state = optimizer.state.get(params[i], {})
                 if "exp_avg_sq" not in state:  # parameter had no gradient at this step: it did not move
@@ -150,12 +152,13 @@ def optimizer_derivative_(
                     continue
                 k = float(state["step"])
                 v = state["max_exp_avg_sq"] if group.get("amsgrad") else state["exp_avg_sq"]
-                denom = (v / (1 - beta2**k)).sqrt_().add_(group["eps"])
-                u[i].div_(denom).mul_(-lr * (1 - beta1) / (1 - beta1**k))
+                root = math.sqrt(1 - beta2**k)
+                if k not in scales:
+                    scales[k] = clip_coef * (-lr * (1 - beta1) / (1 - beta1**k) * root)
+                u[i].div_(v.sqrt().add_(group["eps"] * root)).mul_(scales[k])
         else:
             factor = 1.0 + group.get("momentum", 0.0) if group.get("nesterov") else 1.0
-            torch._foreach_mul_(us, -lr * factor)
-    torch._foreach_mul_(u, clip_coef)
+            torch._foreach_mul_([u[i] for i in members], clip_coef * (-lr * factor))
     return u
 
 
