@@ -246,13 +246,13 @@ MIN_HYPER_STEPS = 10  # the default lets_lr treats a run with fewer hyper-steps 
 def radius_lr(travel: float, max_steps: int, interval: int) -> float:
     """The default ``lets_lr``: ``ln(travel) / H`` with ``H = max(MIN_HYPER_STEPS, max_steps // interval)``.
 
-    Adam moves ``log rho`` by about ``lets_lr`` per hyper-step while the hypergradient keeps its sign (and by far
-    less on noise, which its moments average out), so this lets a consistent signal change rho ``travel``-fold
-    over the run, however long the run is: a short fine-tune and a long one get the same reach. The floor keeps a
-    short run (a smoke test, a few-step probe) safe: Adam's first step moves ``log rho`` by the full ``lets_lr``
-    whatever the hypergradient's size, and a run with one hyper-step would otherwise jump ``travel``-fold on one
-    sample's sign; with the floor it moves at most ``travel^(1/10)`` (1.58x at the default 100) per hyper-step, and
-    a run of ``H < 10`` hyper-steps at most ``travel^(H/10)`` in all.
+    Signum (the default) moves ``log rho`` by exactly ``lets_lr`` per hyper-step, Adam by about that while the
+    hypergradient keeps its sign (and by far less on noise, which its moments average out), so this lets a
+    consistent signal change rho ``travel``-fold over the run, however long the run is: a short fine-tune and a long
+    one get the same reach. The floor keeps a short run (a smoke test, a few-step probe) safe: a first step moves
+    ``log rho`` by the full ``lets_lr`` whatever the hypergradient's size, and a run with one hyper-step would
+    otherwise jump ``travel``-fold on one sample's sign; with the floor it moves at most ``travel^(1/10)`` (2.5x at
+    the default 1e4) per hyper-step, and a run of ``H < 10`` hyper-steps at most ``travel^(H/10)`` in all.
     """
     return math.log(travel) / planned_hyper_steps(max_steps, interval)
 

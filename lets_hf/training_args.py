@@ -263,7 +263,7 @@ class LETSTrainingArguments(TrainingArguments):
             self.lets_objective in OBJECTIVES, f"lets_objective={self.lets_objective!r} must be one of {OBJECTIVES}."
         )
         _require(self.lets_lr is None or self.lets_lr > 0, f"lets_lr={self.lets_lr} must be > 0 (or None: automatic).")
-        _require(self.lets_travel > 1, f"lets_travel={self.lets_travel} must be > 1, e.g. 100 (two decades).")
+        _require(self.lets_travel > 1, f"lets_travel={self.lets_travel} must be > 1, e.g. 1e4 (the default).")
         _require(
             self.lets_guard_patience is None or self.lets_guard_patience >= 1,
             f"lets_guard_patience={self.lets_guard_patience} must be >= 1, or None to watch only for a rising loss.",

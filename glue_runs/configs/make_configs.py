@@ -39,7 +39,10 @@ COMMON = {
     "lets": True,
     "lets_objective": "heldout",
     "lets_interval": 10,
-    "lets_travel": 100.0,
+    "lets_horizon": "interval",
+    "lets_optimizer": "signum",
+    "lets_clip": 3.0,
+    "lets_travel": 10000.0,
     "lets_heldout_fraction": 0.1,
     "seed": 42,
 }
