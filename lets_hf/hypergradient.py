@@ -62,15 +62,19 @@ __all__ = [
 # --------------------------------------------------------------------------------------------------------------
 # Curvature along the perturbation: u = d gt / d rho
 # --------------------------------------------------------------------------------------------------------------
-def secant_curvature_(mean_ascent_grads: list[Tensor], descent_grads: list[Tensor], rho: float) -> list[Tensor]:
-    """Overwrite ``Gbar`` with the secant estimate ``u = (G - Gbar) / rho`` and return it.
+def secant_curvature_(
+    mean_ascent_grads: list[Tensor], descent_grads: list[Tensor], rho: float, descent_scale: float = 1.0
+) -> list[Tensor]:
+    """Overwrite ``Gbar`` with the secant estimate ``u = (G - Gbar) / rho`` and return it (two passes).
 
     Args:
         mean_ascent_grads: ``Gbar``, the ascent gradients averaged over micro-batches (overwritten).
-        descent_grads: ``G``, the accumulated descent gradients (unscaled), same shapes.
+        descent_grads: the accumulated descent gradients, ``G / descent_scale``: fp16's loss-scaled ``G`` with
+            ``descent_scale`` the inverse loss scale, ``G`` itself (scale 1) otherwise. Same shapes.
         rho: the radius the step used (> 0).
+        descent_scale: what brings ``descent_grads`` to ``G``'s units.
     """
-    torch._foreach_sub_(mean_ascent_grads, descent_grads)  # Gbar - G
+    torch._foreach_add_(mean_ascent_grads, descent_grads, alpha=-descent_scale)  # Gbar - G
     torch._foreach_mul_(mean_ascent_grads, -1.0 / rho)
     return mean_ascent_grads
 
@@ -144,7 +148,6 @@ def optimizer_derivative_(
             # P = s / (sqrt(v / b) + eps) = s sqrt(b) / (sqrt(v) + eps sqrt(b)), s = (1 - b1)/(1 - b1^k), b = 1 - b2^k:
             # four passes over each tensor, the scalars (and c) folded into one multiply, one tensor's temporary
             beta1, beta2 = group["betas"]
-            scales: dict[float, Tensor | float] = {}  # per step count k (one, unless parameters joined late)
             for i in members:
                 state = optimizer.state.get(params[i], {})
                 if "exp_avg_sq" not in state:  # parameter had no gradient at this step: it did not move
@@ -153,9 +156,8 @@ def optimizer_derivative_(
                 k = float(state["step"])
                 v = state["max_exp_avg_sq"] if group.get("amsgrad") else state["exp_avg_sq"]
                 root = math.sqrt(1 - beta2**k)
-                if k not in scales:
-                    scales[k] = clip_coef * (-lr * (1 - beta1) / (1 - beta1**k) * root)
-                u[i].div_(v.sqrt().add_(group["eps"] * root)).mul_(scales[k])
+                scale = -lr * (1 - beta1) / (1 - beta1**k) * root
+                u[i].div_(v.sqrt().add_(group["eps"] * root)).mul_(clip_coef * scale)
         else:
             factor = 1.0 + group.get("momentum", 0.0) if group.get("nesterov") else 1.0
             torch._foreach_mul_([u[i] for i in members], clip_coef * (-lr * factor))

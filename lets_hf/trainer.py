@@ -400,9 +400,7 @@ class LETSTrainer(Trainer):
         inv_scale = self._inv_scale()
         grads = grads_of(params)
         if self.args.lets_hvp == "secant":
-            if inv_scale != 1.0:  # fp16: bring Gbar into G's (loss-scaled) units; dividing by rho / inv_scale
-                torch._foreach_mul_(u, 1.0 / inv_scale)  # below then brings u back out of them
-            secant_curvature_(u, grads, rho / inv_scale)
+            secant_curvature_(u, grads, rho, descent_scale=inv_scale)  # grads carry fp16's loss scale
         clip_coef = clip_coefficient(grads, self.args.max_grad_norm, inv_scale)
         optimizer = getattr(self.optimizer, "optimizer", self.optimizer)
         return _Pending(u=u, lrs=[g["lr"] for g in optimizer.param_groups], clip_coef=clip_coef, rho=rho)

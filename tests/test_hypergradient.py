@@ -126,6 +126,8 @@ def test_estimators_on_a_quadratic():
     assert torch.allclose(hessian_vector_product(loss, [p], [d])[0], hess @ d)
     g, gt = hess @ p.detach(), hess @ (p.detach() + 0.3 * d)
     assert torch.allclose(secant_curvature_([g.clone()], [gt], 0.3)[0], hess @ d)
+    # fp16: the descent gradients arrive loss-scaled (here by 1024), the ascent ones unscaled
+    assert torch.allclose(secant_curvature_([g.clone()], [1024 * gt], 0.3, descent_scale=1 / 1024)[0], hess @ d)
     assert torch.allclose(fisher_curvature([g], [d])[0], g * g * d)
 
 
