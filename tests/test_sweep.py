@@ -1,7 +1,9 @@
 """The quality sweep on a tiny model: runs, appends JSONL, renders, never redoes a finished run, restarts an
 interrupted one cleanly."""
 
+import glob
 import json
+import os
 
 import pytest
 import yaml
@@ -284,3 +286,20 @@ def test_dev_curves_are_tabled_and_plotted_per_evaluation(tmp_path):
     assert table[4] == "| adamw | 0.650 +- 0.071 | 0.800 +- 0.000 | 0.750 +- 0.014 |" and len(table) == 5
     render_plot(config, records, str(tmp_path / "plot.png"))
     assert (tmp_path / "plot.png").stat().st_size > 0
+
+
+ROOT = os.path.join(os.path.dirname(__file__), "..")
+SHIPPED_SWEEPS = sorted(glob.glob(os.path.join(ROOT, "glue_runs", "configs", "sweep_*.yaml")))
+
+
+@pytest.mark.parametrize("path", SHIPPED_SWEEPS, ids=os.path.basename)
+def test_every_shipped_sweep_still_accepts_its_committed_records(path, monkeypatch):
+    """A config edited after its runs (a setting pinned, a method changed) must not make the sweep refuse its own
+    records: the results pages are rendered from them, and baselines of other sweeps are read from them."""
+    from glue_runs.sweep import check_settings, finished, load_config, with_baselines
+
+    monkeypatch.chdir(ROOT)  # the configs name their results relative to the repository
+    config = load_config(path)
+    done = finished(config["results"])
+    check_settings(config, done)
+    with_baselines(config, done)
