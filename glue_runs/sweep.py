@@ -42,6 +42,11 @@ from .tasks import get_task
 MAIN_METRIC = {"CoLA": "matthews_correlation", "STS-B": "pearson", "MRPC": "accuracy", "SST-2": "accuracy"}
 
 
+def main_metric(task: str) -> str:
+    """The metric a task's column and verdicts read: MAIN_METRIC's, else the task's first official one."""
+    return MAIN_METRIC.get(task, get_task(task).metrics[0])
+
+
 def load_config(path: str) -> dict:
     with open(path) as f:
         config = yaml.safe_load(f)
@@ -111,7 +116,7 @@ def run_one(config: dict, task: str, method: str, seed: int) -> dict:
         raise RuntimeError(f"{task}/{method}/seed{seed} failed:\n{proc.stderr[-3000:]}")
     with open(os.path.join(out, "all_results.json")) as f:
         results = json.load(f)
-    metric = MAIN_METRIC.get(task, get_task(task).metrics[0])
+    metric = main_metric(task)
     curve = []  # the evaluations during training (eval_strategy "epoch" or "steps"), from the Trainer's state
     if os.path.isfile(os.path.join(out, "trainer_state.json")):
         with open(os.path.join(out, "trainer_state.json")) as f:
@@ -169,8 +174,8 @@ def _mean_sd(values: list[float]) -> tuple[float, float]:
 
 def _mean_pm(values: list[float]) -> str:
     """``mean +- sd`` to three decimals (the mean alone for one value)."""
-    pm = f" +- {statistics.stdev(values):.3f}" if len(values) > 1 else ""
-    return f"{statistics.fmean(values):.3f}{pm}"
+    mean, sd = _mean_sd(values)
+    return f"{mean:.3f} +- {sd:.3f}" if len(values) > 1 else f"{mean:.3f}"
 
 
 def render_table(config: dict, records: dict) -> str:
@@ -191,7 +196,7 @@ def render_table(config: dict, records: dict) -> str:
                     f" +- {statistics.stdev(rhos):.2g}" if len(rhos) > 1 else ""
                 )
             cells.append(cell)
-        metric = MAIN_METRIC.get(task, get_task(task).metrics[0])
+        metric = main_metric(task)
         lines.append(f"| {task} ({metric}) | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -260,7 +265,7 @@ def render_details(config: dict, records: dict, own: set[str] | None = None) -> 
             rows.append(f"| {method} | {seeds} | {rhos} | {minutes:.1f} | {cpu_minutes} |")
         if not rows:
             continue
-        metric = MAIN_METRIC.get(task, get_task(task).metrics[0])
+        metric = main_metric(task)
         out += [f"**{task}** ({metric} per seed; final rho per seed for LETS runs; minutes per run):", ""]
         out += [
             "| method | value per seed | final rho per seed | wall minutes | CPU minutes |",
@@ -302,7 +307,7 @@ def render_details(config: dict, records: dict, own: set[str] | None = None) -> 
 def dev_curves(config: dict, records: dict, task: str) -> dict[str, list[tuple[int, list[float]]]]:
     """Per method, the dev metric at each evaluation during training (``eval_strategy``), over its seeds: ``[(step,
     [value per seed]), ...]`` at the steps every seed evaluated at; methods whose runs evaluated once are left out."""
-    metric = f"eval_{MAIN_METRIC.get(task, get_task(task).metrics[0])}"
+    metric = f"eval_{main_metric(task)}"
     curves = {}
     for method in config["methods"]:
         runs = [{e["step"]: e[metric] for e in r.get("eval_curve") or []} for r in _runs(records, task, method)]
@@ -320,7 +325,7 @@ def render_curves(config: dict, records: dict, task: str) -> list[str]:
         return []
     steps = sorted({step for curve in curves.values() for step, _ in curve})
     lines = [
-        f"Dev {MAIN_METRIC.get(task, get_task(task).metrics[0])} at each evaluation during training (mean +- sd over "
+        f"Dev {main_metric(task)} at each evaluation during training (mean +- sd over "
         "seeds; columns: optimizer step):",
         "",
         "| method | " + " | ".join(str(step) for step in steps) + " |",
@@ -362,7 +367,7 @@ def render_plot(config: dict, records: dict, path: str) -> None:
                 ax.scatter([x] * len(values), values, color="tab:blue", s=14, alpha=0.7)
                 ax.hlines(statistics.fmean(values), x - 0.3, x + 0.3, color="black")
         ax.set_xticks(range(len(methods)), methods, rotation=45, ha="right", fontsize=8)
-        ax.set_title(f"{task}: {MAIN_METRIC.get(task, get_task(task).metrics[0])}")
+        ax.set_title(f"{task}: {main_metric(task)}")
         ax_rho, labelled = axes[1][col], set()
         for (t, m, _), r in sorted(records.items()):
             if t == task and r.get("rho_trajectory"):
@@ -380,7 +385,7 @@ def render_plot(config: dict, records: dict, path: str) -> None:
         if ax_rho.lines:
             ax_rho.set_yscale("log")
             ax_rho.legend(fontsize=6)
-        for method, curve in curves[task].items() if n_rows == 3 else []:
+        for method, curve in curves[task].items():
             steps, values = zip(*curve)
             color = f"C{methods.index(method) % 10}"
             axes[2][col].plot(steps, [statistics.fmean(v) for v in values], lw=1.5, color=color, label=method)
@@ -400,6 +405,8 @@ def with_baselines(config: dict, records: dict) -> tuple[dict, dict]:
     other sweeps (their tasks and seeds restricted to this one's). ``baselines`` is one ``{config, methods}`` or a
     list of them (earlier entries first); each is refused when its sweep's ``base`` differs from this one's."""
     specs = baseline_specs(config)
+    if not specs:
+        return config, records
     methods, theirs = {}, {}
     for spec in specs:
         other = load_config(spec["config"])
@@ -418,8 +425,6 @@ def with_baselines(config: dict, records: dict) -> tuple[dict, dict]:
         wanted = {(t, m, s) for t in config["tasks"] for m in mine for s in config["seeds"]}
         theirs.update({key: r for key, r in finished(other["results"]).items() if key in wanted})
         methods.update(mine)
-    if not specs:
-        return config, records
     return {**config, "methods": {**methods, **config["methods"]}}, {**theirs, **records}
 
 
@@ -436,9 +441,11 @@ def render(config: dict, command: str) -> None:
     total = len(planned)
     view, shown = with_baselines(config, records)
     text = f"{render_table(view, shown)}\n\n{len(records)} of {total} runs finished. Command: `{command}`\n"
-    for spec in baseline_specs(config):
-        names = ", ".join(m for m in spec["methods"] if m not in config["methods"])
-        text += f"Baselines ({names}): `{spec['config']}`.\n"
+    taken = set(config["methods"])
+    for spec in baseline_specs(config):  # each line names the methods read from that sweep (the first that lists one)
+        names = [m for m in spec["methods"] if m not in taken]
+        taken.update(names)
+        text += f"Baselines ({', '.join(names)}): `{spec['config']}`.\n"
     if config.get("details"):  # per-seed values, minutes per run and the grid comparisons under the table
         text += f"\n{render_details(view, shown, own=set(config['methods']))}\n"
     atomic_write_text(f"{stem}.md", text)
