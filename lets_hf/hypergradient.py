@@ -31,6 +31,7 @@ from __future__ import annotations
 import math
 import statistics
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -49,6 +50,7 @@ __all__ = [
     "fisher_curvature",
     "hessian_vector_product",
     "guarded_radius",
+    "guarded_radius_step",
     "hypergradient",
     "lookahead_add_",
     "optimizer_derivative_",
@@ -63,9 +65,14 @@ __all__ = [
 # Curvature along the perturbation: u = d gt / d rho
 # --------------------------------------------------------------------------------------------------------------
 def secant_curvature_(
-    mean_ascent_grads: list[Tensor], descent_grads: list[Tensor], rho: float, descent_scale: float = 1.0
+    mean_ascent_grads: list[Tensor],
+    descent_grads: list[Tensor],
+    rho: float,
+    descent_scale: float = 1.0,
+    factor: Tensor | float = 1.0,
 ) -> list[Tensor]:
-    """Overwrite ``Gbar`` with the secant estimate ``u = (G - Gbar) / rho`` and return it (two passes).
+    """Overwrite ``Gbar`` with the secant estimate ``u = (G - Gbar) / rho``, times ``factor``, and return it (two
+    passes).
 
     Args:
         mean_ascent_grads: ``Gbar``, the ascent gradients averaged over micro-batches (overwritten).
@@ -73,9 +80,11 @@ def secant_curvature_(
             ``descent_scale`` the inverse loss scale, ``G`` itself (scale 1) otherwise. Same shapes.
         rho: the radius the step used (> 0).
         descent_scale: what brings ``descent_grads`` to ``G``'s units.
+        factor: a scalar (a float or a 0-dim tensor) multiplied in by the same pass: the trainer folds ``w``'s clip
+            coefficient ``c`` in here, a device tensor, which costs neither a pass nor a host sync this way.
     """
     torch._foreach_add_(mean_ascent_grads, descent_grads, alpha=-descent_scale)  # Gbar - G
-    torch._foreach_mul_(mean_ascent_grads, -1.0 / rho)
+    torch._foreach_mul_(mean_ascent_grads, factor * (-1.0 / rho))
     return mean_ascent_grads
 
 
@@ -122,21 +131,37 @@ def optimizer_derivative_(
     optimizer: torch.optim.Optimizer,
     lrs: dict[int, float],
     clip_coef: Tensor | float,
+    *,
+    scale: float = 1.0,
+    into: list[Tensor] | None = None,
 ) -> list[Tensor]:
-    """Overwrite ``u`` with ``w = -lr * c * P u``, the derivative of the optimizer's update w.r.t. rho.
+    """Overwrite ``u`` with ``scale * w``, ``w = -lr * c * P u`` the derivative of the optimizer's update w.r.t.
+    rho; or, given ``into``, add ``scale * w`` to it (``u`` is then scratch) and return ``into``.
 
     ``P`` is read from the optimizer's state *after* its step (LETS.md), ignoring the state's own dependence on
     rho: for Adam/AdamW ``P = (1 - b1)/(1 - b1^k) / (sqrt(v_k / (1 - b2^k)) + eps)``; for SGD ``P = 1`` (``1 + mu``
     with Nesterov momentum ``mu``). Weight decay does not depend on rho and drops out. Other optimizers get
     ``P = 1`` (the caller warns once).
 
+    The cost is the point of the layout: every feeding step runs this (``lets_horizon="interval"``), and on a CPU
+    one pass over a parameter-sized list costs ~0.5% of a batch-32 step. With Adam, ``P = s sqrt(b) / (sqrt(v) +
+    eps sqrt(b))``, ``s = (1 - b1)/(1 - b1^k)``, ``b = 1 - b2^k``: the scalars (``lr``, ``c``, ``scale``) fold into
+    one factor, and ``into += factor * u / (sqrt(v) + eps sqrt(b))`` is one ``addcdiv`` per tensor after the two
+    that form the denominator (one tensor's temporary at a time).
+
     Args:
         u: the curvature ``u``, one tensor per entry of ``params`` (overwritten).
         params: the parameters ``u`` belongs to, as registered in ``optimizer``.
         optimizer: the (unwrapped) torch optimizer, after its step.
         lrs: learning rate per ``id(param_group)`` at the time of the step (before the scheduler moved it).
-        clip_coef: ``c = min(1, max_grad_norm / ||G||)``, 1 without clipping.
+        clip_coef: ``c = min(1, max_grad_norm / ||G||)``, 1 without clipping; a tensor costs one more pass with
+            ``into`` (the fused add takes a Python scalar), so the trainer folds it into ``u`` beforehand.
+        scale: a factor on ``w`` (the look-ahead's ``rho_k`` under ``lets_horizon="trace"``).
+        into: the look-ahead ``Z`` to add ``scale * w`` to, or None to return ``scale * w`` in ``u``.
     """
+    if into is not None and isinstance(clip_coef, Tensor):
+        torch._foreach_mul_(u, clip_coef)
+        clip_coef = 1.0
     index = {id(p): i for i, p in enumerate(params)}
     kind = optimizer_kind(optimizer)
     for group in optimizer.param_groups:
@@ -145,23 +170,29 @@ def optimizer_derivative_(
             continue
         lr = lrs[id(group)]
         if kind == "adam":
-            # P = s / (sqrt(v / b) + eps) = s sqrt(b) / (sqrt(v) + eps sqrt(b)), s = (1 - b1)/(1 - b1^k), b = 1 - b2^k:
-            # four passes over each tensor, the scalars (and c) folded into one multiply, one tensor's temporary
             beta1, beta2 = group["betas"]
             for i in members:
                 state = optimizer.state.get(params[i], {})
                 if "exp_avg_sq" not in state:  # parameter had no gradient at this step: it did not move
-                    u[i].zero_()
+                    if into is None:
+                        u[i].zero_()
                     continue
                 k = float(state["step"])
                 v = state["max_exp_avg_sq"] if group.get("amsgrad") else state["exp_avg_sq"]
                 root = math.sqrt(1 - beta2**k)
-                scale = -lr * (1 - beta1) / (1 - beta1**k) * root
-                u[i].div_(v.sqrt().add_(group["eps"] * root)).mul_(clip_coef * scale)
+                factor = clip_coef * (-lr * scale * (1 - beta1) / (1 - beta1**k) * root)
+                denominator = v.sqrt().add_(group["eps"] * root)
+                if into is None:
+                    u[i].div_(denominator).mul_(factor)
+                else:
+                    into[i].addcdiv_(u[i], denominator, value=factor)
         else:
-            factor = 1.0 + group.get("momentum", 0.0) if group.get("nesterov") else 1.0
-            torch._foreach_mul_([u[i] for i in members], clip_coef * (-lr * factor))
-    return u
+            factor = clip_coef * (-lr * scale * (1.0 + group.get("momentum", 0.0) if group.get("nesterov") else 1.0))
+            if into is None:
+                torch._foreach_mul_([u[i] for i in members], factor)
+            else:
+                torch._foreach_add_([into[i] for i in members], [u[i] for i in members], alpha=factor)
+    return u if into is None else into
 
 
 def clip_coefficient(grads: list[Tensor], max_norm: float, inv_scale: float = 1.0) -> Tensor | float:
@@ -177,9 +208,18 @@ HORIZONS = ("interval", "step", "trace")
 
 
 def lookahead_add_(
-    lookahead: list[Tensor] | None, w: list[Tensor], scale: float = 1.0, decay: float = 1.0
+    lookahead: list[Tensor] | None,
+    u: list[Tensor],
+    params: list[Tensor],
+    optimizer: torch.optim.Optimizer,
+    lrs: dict[int, float],
+    clip_coef: Tensor | float,
+    *,
+    scale: float = 1.0,
+    decay: float = 1.0,
 ) -> list[Tensor]:
-    """One step of the look-ahead: ``Z_{k+1} = decay Z_k + scale w_k`` (``Z`` starts at ``scale w``); returns Z.
+    """One step of the look-ahead: ``Z_{k+1} = decay Z_k + scale w_k`` with this step's ``w_k = -lr c P u``
+    (`optimizer_derivative_`, whose arguments follow ``lookahead``); ``Z`` starts at ``scale w``. Returns ``Z``.
 
     ``interval`` uses ``scale = decay = 1`` and restarts ``Z`` at every hyper-step. ``trace`` never restarts it and
     uses ``scale = rho_k`` (the radius step ``k`` used), ``decay = 1 - 1/lets_trace_steps``: ``Z`` is then
@@ -191,21 +231,18 @@ def lookahead_add_(
     Jacobian of the step's SAM gradient w.r.t. ``theta``, the Hessian plus the direction's own derivative). Taking
     ``J_k = I`` drops the terms ``lr c P A Z``: their size relative to ``Z`` is about ``lr ||P A||`` per step, so over
     ``K`` steps ``||Z_exact - Z|| <= sum_k ((1 + lr a)^(K-1-k) - 1) ||w_k||`` with ``a`` a bound on ``||P_j A_j||``
-    (``tests/test_hypergradient.py`` checks this against a finite difference in float64). Costs one buffer and one
-    add per step, no pass.
+    (``tests/test_hypergradient.py`` checks this against a finite difference in float64). Costs one buffer and no
+    pass of its own: ``w`` is added into ``Z`` by the same pass that divides by ``P`` (``u`` is scratch after it).
 
     Args:
-        lookahead: ``Z`` so far (updated in place), or None at the first step of a window.
-        w: this step's ``w = -lr c P u`` (`optimizer_derivative_`); becomes ``Z`` when ``lookahead`` is None.
+        lookahead: ``Z`` so far (updated in place), or None at the first step of a window (``u`` becomes ``Z``).
+        u, params, optimizer, lrs, clip_coef: this step's, as `optimizer_derivative_` takes them.
     """
     if lookahead is None:
-        if scale != 1.0:
-            torch._foreach_mul_(w, scale)
-        return w
+        return optimizer_derivative_(u, params, optimizer, lrs, clip_coef, scale=scale)
     if decay != 1.0:
         torch._foreach_mul_(lookahead, decay)
-    torch._foreach_add_(lookahead, w, alpha=scale)  # the scale fused into the add: no extra pass over w
-    return lookahead
+    return optimizer_derivative_(u, params, optimizer, lrs, clip_coef, scale=scale, into=lookahead)
 
 
 def optimizer_kind(optimizer: torch.optim.Optimizer) -> str:
@@ -526,6 +563,28 @@ def guarded_radius(
         f"{new.rho:.4g}, and it may not grow until the loss improves."
     )
     return new, message
+
+
+def guarded_radius_step(
+    state: RadiusState, guard: LossGuard | None, dF_drho: float, train_loss: float, *, sam_rho: float, **step: Any
+) -> tuple[RadiusState, str | None]:
+    """One hyper-step of the radius under the loss guard: ``guard`` sees ``train_loss`` first (`guarded_radius`: a
+    trip sends rho down), then `radius_step` moves ``log rho`` on ``dF_drho``, only down while the guard is tripped.
+
+    Args:
+        state: the radius before the hyper-step.
+        guard: the `LossGuard` (updated in place), or None: `radius_step` alone.
+        dF_drho: the hypergradient.
+        train_loss: ``l(theta; B')`` of this hyper-step.
+        sam_rho: the run's initial radius (where a rise sends rho back to).
+        step: `radius_step`'s keyword arguments (``lr``, ``optimizer``, ``clip``, ``rho_min``, ``rho_max``).
+    Returns:
+        The new `RadiusState` and the guard's message when it tripped now (None otherwise).
+    """
+    message = None
+    if guard is not None:
+        state, message = guarded_radius(guard, state, train_loss, sam_rho, step["rho_min"])
+    return radius_step(state, dF_drho, allow_increase=not (guard and guard.tripped), **step), message
 
 
 def guarded_log_rho(log_rho: float, trip: str, sam_rho: float, rho_min: float) -> float:

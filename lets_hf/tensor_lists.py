@@ -8,7 +8,7 @@ import torch.distributed as dist
 from torch import Tensor
 from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
-__all__ = ["all_finite", "all_reduce_mean_", "copy_into", "dot", "grads_of", "zeros_into"]
+__all__ = ["accumulate_", "all_finite", "all_reduce_mean_", "copy_into", "dot", "grads_of", "zeros_into"]
 
 
 def grads_of(params: list[Tensor]) -> list[Tensor]:
@@ -22,6 +22,17 @@ def zeros_into(buffer: list[Tensor] | None, like: list[Tensor]) -> list[Tensor]:
     if buffer is None:
         return [torch.zeros_like(t) for t in like]
     torch._foreach_zero_(buffer)
+    return buffer
+
+
+def accumulate_(buffer: list[Tensor] | None, tensors: list[Tensor], alpha: float = 1.0) -> list[Tensor]:
+    """``buffer += alpha * tensors``; with no buffer yet, ``tensors`` scaled in place *become* it (no copy, no
+    zeroing): for a sum whose first term is a list the caller no longer needs, such as a pass's gradients."""
+    if buffer is None:
+        if alpha != 1.0:
+            torch._foreach_mul_(tensors, alpha)
+        return tensors
+    torch._foreach_add_(buffer, tensors, alpha=alpha)
     return buffer
 
 

@@ -36,20 +36,18 @@ from .hypergradient import (
     RadiusState,
     clip_coefficient,
     fisher_curvature,
-    guarded_radius,
+    guarded_radius_step,
     hessian_vector_product,
     hypergradient,
     lookahead_add_,
-    optimizer_derivative_,
     optimizer_kind,
     planned_hyper_steps,
     radius_lr,
-    radius_step,
     scheduled_lr,
     secant_curvature_,
 )
 from .perturbation import get_perturbation, looksam_gradient_, orthogonal_part_
-from .tensor_lists import all_finite, all_reduce_mean_, copy_into, dot, grads_of, zeros_into
+from .tensor_lists import accumulate_, all_finite, all_reduce_mean_, copy_into, dot, grads_of, zeros_into
 from .training_args import _BACKEND_MESSAGE, LETSTrainingArguments
 
 logger = logging.get_logger(__name__)
@@ -59,7 +57,8 @@ __all__ = ["LETSTrainer"]
 
 @dataclass
 class _Pending:
-    """What a feeding step leaves for the next hyper-step: ``u`` (later turned into ``w``), ``lr`` and ``c``."""
+    """What a feeding step leaves for the next step: ``u`` (later turned into ``w``), ``lr`` and ``c`` (1 where
+    ``u`` already carries it: the secant folds it in)."""
 
     u: list[torch.Tensor]
     lrs: list[float]  # per optimizer param group, as used by the step
@@ -148,6 +147,7 @@ class LETSTrainer(Trainer):
         self._pending: _Pending | None = None  # fed by step t-1, consumed by step t
         self._lookahead: list[torch.Tensor] | None = None  # Z, d theta / d rho summed over the window so far
         self._w: list[torch.Tensor] | None = None  # the Z of the hyper-step in progress
+        self._feeding = False  # this step's curvature u feeds the look-ahead
         self._u_acc: list[torch.Tensor] | None = None  # this step's curvature, accumulated over micro-batches
         self._sums: torch.Tensor | None = None  # [l_V, h_V.w, l_B', g'.w] of the hyper-step in progress
         self._heldout: HeldoutStream | None = None
@@ -214,17 +214,17 @@ class LETSTrainer(Trainer):
         if self._w is not None:  # g'^T w and l(theta; B') for the hyper-step in progress
             self._sums[2:] += torch.stack([loss.double(), dot(grads, self._w)]) / n_accum
         d = self.direction(params, grads, eta=self.args.asam_eta) if finite else None
-        if self._u_acc is not None and finite:
-            self._accumulate_curvature(grads, d, n_accum)
         if self._look is not None and finite:
             torch._foreach_add_(self._look, grads, alpha=1.0 / n_accum)
+        if self._feeding and finite:  # last: the secant may take grads over as its buffer
+            self._accumulate_curvature(grads, d, n_accum)
         del grads
         for p, a in zip(params, accumulated):
             p.grad = a
         with torch.no_grad():
             if d is not None:
                 torch._foreach_add_(params, d, alpha=self.rho)
-        if self._u_acc is not None and self.args.lets_hvp == "exact" and finite:
+        if self._feeding and self.args.lets_hvp == "exact" and finite:
             with self._rewound_rng():
                 self._accumulate_hvp(model, inputs, params, d, n_accum)
         del d
@@ -277,7 +277,7 @@ class LETSTrainer(Trainer):
             self._theta = copy_into(self._theta, params)
             if self.args.sam_reuse == "looksam" and self.args.sam_every > 1:
                 self._look = zeros_into(self._look, params)
-        pending, self._pending, spare = self._pending, None, None
+        pending, self._pending = self._pending, None
         trace = self.args.lets_horizon == "trace"  # Z is d theta / d log rho, kept across hyper-steps
         if pending is not None and not self.accelerator.optimizer_step_was_skipped:
             optimizer = getattr(self.optimizer, "optimizer", self.optimizer)
@@ -285,19 +285,18 @@ class LETSTrainer(Trainer):
                 name = type(optimizer).__name__
                 logger.warning_once(f"LETS: {name} has no known preconditioner; the hypergradient assumes P = 1.")
             lrs = {id(g): lr for g, lr in zip(optimizer.param_groups, pending.lrs)}
-            w = optimizer_derivative_(pending.u, params, optimizer, lrs, pending.clip_coef)
-            spare = None if self._lookahead is None else w  # added into Z: its buffer is free for this step's u
             rho_k = self.rho if pending.rho is None else pending.rho
             scale, decay = (rho_k, 1 - 1 / self.args.lets_trace_steps) if trace else (1.0, 1.0)
-            self._lookahead = lookahead_add_(self._lookahead, w, scale, decay)
+            self._lookahead = lookahead_add_(
+                self._lookahead, pending.u, params, optimizer, lrs, pending.clip_coef, scale=scale, decay=decay
+            )
         step, interval = self.state.global_step, self.args.lets_interval
         if self._lookahead is not None and (step - 1) % interval == 0:
             # trace: _w aliases Z; this step's dots read it before the next step adds into it
             self._w, self._lookahead = self._lookahead, self._lookahead if trace else None
             self._sums = torch.zeros(4, dtype=torch.float64, device=params[0].device)
             self._sums[:2] = self._heldout_pass(model, params, self._w)
-        if self.args.lets and self._perturb and (self.args.lets_horizon != "step" or step % interval == 0):
-            self._u_acc = zeros_into(spare, params)
+        self._feeding = self.args.lets and self._perturb and (self.args.lets_horizon != "step" or step % interval == 0)
 
     def _heldout_pass(self, model, params, w) -> torch.Tensor:
         """``[l(theta; V), h_V^T w]`` on one held-out batch, local to this rank (averaged with the other sums)."""
@@ -315,19 +314,19 @@ class LETSTrainer(Trainer):
         return torch.stack([loss.detach().double(), s_v])
 
     def _accumulate_curvature(self, grads, d, n_accum: int) -> None:
-        """Add this micro-batch's share to the curvature buffer: ``g`` (secant) or ``g*g*d`` (fisher)."""
+        """Add this micro-batch's share to the curvature buffer: ``g`` (secant; the first micro-batch's gradients
+        become the buffer) or ``g*g*d`` (fisher)."""
         if self.args.lets_hvp == "secant":
-            torch._foreach_add_(self._u_acc, grads, alpha=1.0 / n_accum)
+            self._u_acc = accumulate_(self._u_acc, grads, 1.0 / n_accum)
         elif self.args.lets_hvp == "fisher":
-            torch._foreach_add_(self._u_acc, fisher_curvature(grads, d), alpha=1.0 / n_accum)
+            self._u_acc = accumulate_(self._u_acc, fisher_curvature(grads, d), 1.0 / n_accum)
 
     def _accumulate_hvp(self, model, inputs, params, d, n_accum: int) -> None:
         """``exact``: ``H(theta + eps) d`` by double backward, in an extra pass on the unwrapped model."""
         unwrapped = self.accelerator.unwrap_model(model, keep_fp32_wrapper=True)
         with self.compute_loss_context_manager():
             loss = self.compute_loss(unwrapped, dict(inputs))
-        hv = hessian_vector_product(loss, params, d)
-        torch._foreach_add_(self._u_acc, hv, alpha=1.0 / n_accum)
+        self._u_acc = accumulate_(self._u_acc, hessian_vector_product(loss, params, d), 1.0 / n_accum)
 
     def _end_optimizer_step(self, params) -> None:
         """After the last micro-batch: the radius step of the hyper-step in progress, then u for the next one."""
@@ -337,7 +336,7 @@ class LETSTrainer(Trainer):
                 self._sums[3] = dot(grads_of(params), self._w) * self._inv_scale()
             self._radius_step()
             self._w = self._sums = None
-        if self._u_acc is not None:
+        if self._u_acc is not None:  # None: not a feeding step, or every ascent overflowed (fp16)
             self._pending = self._form_curvature(params, rho)
             self._u_acc = None
         if self._look is not None:
@@ -371,23 +370,21 @@ class LETSTrainer(Trainer):
         gap = loss_v - loss_b
         dF_drho = hypergradient(gap, s_v, s_b, self.args.lets_objective)
         dF_drho /= self.rho if self.args.lets_horizon == "trace" else 1.0  # trace's dots are dF/ds
-        allow_increase = True
         args = self.args
-        if self.guard is not None:
-            self.radius, message = guarded_radius(self.guard, self.radius, loss_b, args.sam_rho, args.lets_rho_min)
-            if message:
-                logger.warning("LETS loss guard at step %d: %s", self.state.global_step, message)
-            allow_increase = not self.guard.tripped
-        self.radius = radius_step(
+        self.radius, message = guarded_radius_step(
             self.radius,
+            self.guard,
             dF_drho,
+            loss_b,
+            sam_rho=args.sam_rho,
             lr=self.radius_lr,
             optimizer=args.lets_optimizer,
             clip=args.lets_clip,
             rho_min=args.lets_rho_min,
             rho_max=args.lets_rho_max,
-            allow_increase=allow_increase,
         )
+        if message:
+            logger.warning("LETS loss guard at step %d: %s", self.state.global_step, message)
         record = {"step": self.state.global_step + 1, "rho": self.rho, "gap": gap, "hypergradient": dF_drho}
         tripped = bool(self.guard and self.guard.tripped)
         self.lets_history.append({**record, "train_loss": loss_b, "heldout_loss": loss_v, "guard_tripped": tripped})
@@ -399,9 +396,10 @@ class LETSTrainer(Trainer):
             all_reduce_mean_(u, self.accelerator.num_processes)  # per-rank ascents or batches: average them
         inv_scale = self._inv_scale()
         grads = grads_of(params)
-        if self.args.lets_hvp == "secant":
-            secant_curvature_(u, grads, rho, descent_scale=inv_scale)  # grads carry fp16's loss scale
         clip_coef = clip_coefficient(grads, self.args.max_grad_norm, inv_scale)
+        if self.args.lets_hvp == "secant":  # grads carry fp16's loss scale; c joins u in the same pass
+            secant_curvature_(u, grads, rho, descent_scale=inv_scale, factor=clip_coef)
+            clip_coef = 1.0
         optimizer = getattr(self.optimizer, "optimizer", self.optimizer)
         return _Pending(u=u, lrs=[g["lr"] for g in optimizer.param_groups], clip_coef=clip_coef, rho=rho)
 

@@ -18,6 +18,7 @@ from lets_hf.hypergradient import (
     constant_predictor_loss,
     fisher_curvature,
     guarded_log_rho,
+    guarded_radius_step,
     hessian_vector_product,
     lookahead_add_,
     optimizer_derivative_,
@@ -139,9 +140,20 @@ def test_adam_preconditioner_matches_formula():
         opt.step()
     v = opt.state[p]["exp_avg_sq"]
     u = torch.tensor([1.0, 1.0], dtype=torch.float64)
-    w = optimizer_derivative_([u.clone()], [p], opt, {id(opt.param_groups[0]): 0.1}, 0.5)[0]
+    lrs = {id(opt.param_groups[0]): 0.1}
+    w = optimizer_derivative_([u.clone()], [p], opt, lrs, 0.5)[0]
     expected = -0.1 * 0.5 * (1 - 0.8) / (1 - 0.8**2) / ((v / (1 - 0.9**2)).sqrt() + 1e-8) * u
     assert torch.allclose(w, expected, rtol=1e-12)
+    # the fused form adds scale * w into Z, with c a device tensor (folded into u) or a float
+    z = torch.tensor([3.0, -1.0], dtype=torch.float64)
+    for c in (0.5, torch.tensor(0.5, dtype=torch.float64)):
+        fused = optimizer_derivative_([u.clone()], [p], opt, lrs, c, scale=2.0, into=[z.clone()])[0]
+        assert torch.allclose(fused, z + 2.0 * expected, rtol=1e-12)
+    sgd = torch.optim.SGD([p], lr=0.1, momentum=0.9, nesterov=True)
+    lrs = {id(sgd.param_groups[0]): 0.1}
+    assert torch.allclose(optimizer_derivative_([u.clone()], [p], sgd, lrs, 0.5)[0], -0.1 * 0.5 * 1.9 * u)
+    fused = optimizer_derivative_([u.clone()], [p], sgd, lrs, torch.tensor(0.5), scale=2.0, into=[z.clone()])[0]
+    assert torch.allclose(fused, z - 2.0 * 0.1 * 0.5 * 1.9 * u)
 
 
 def test_radius_step_bounds_and_no_increase():
@@ -228,6 +240,21 @@ def test_loss_guard_trips_on_a_rising_loss():
     assert guard.update(0.9) == "risen" and guard.tripped and guard.trips == 1
     assert guard.update(0.95) is None and guard.tripped  # still risen: one trip, not two
     assert guard.update(0.72) is None and not guard.tripped  # back within 20% of the best: released
+
+
+def test_guarded_radius_step_cuts_on_a_trip_and_then_only_lets_rho_shrink():
+    step = dict(lr=0.5, optimizer="signum", clip=0.0, rho_min=1e-4, rho_max=1.0)
+    guard, state = LossGuard(tolerance=0.2, beta=0.0), RadiusState(math.log(0.2))
+    for loss in (1.0, 0.8):  # learning: the radius follows the hypergradient, up here
+        state, message = guarded_radius_step(state, guard, -1.0, loss, sam_rho=0.1, **step)
+        assert message is None
+    assert state.rho == pytest.approx(0.2 * math.exp(1.0))
+    state, message = guarded_radius_step(state, guard, -1.0, 1.1, sam_rho=0.1, **step)  # risen: back to sam_rho
+    assert "rose more than 20%" in message and state.rho == pytest.approx(0.1)  # and the step up is refused
+    state, _ = guarded_radius_step(state, guard, 1.0, 1.1, sam_rho=0.1, **step)  # still tripped: down is allowed
+    assert state.rho == pytest.approx(0.1 * math.exp(-0.5))
+    free, message = guarded_radius_step(RadiusState(math.log(0.2)), None, -1.0, 9.0, sam_rho=0.1, **step)
+    assert message is None and free.rho == pytest.approx(0.2 * math.exp(0.5))  # no guard: radius_step alone
 
 
 def test_loss_guard_trips_on_a_model_that_does_not_learn_and_again_while_it_does_not():
@@ -435,8 +462,10 @@ def test_interval_lookahead_is_forward_mode_with_identity_jacobians_and_its_erro
     assert (h_v @ z_full).item() == pytest.approx(reference, rel=1e-6)  # the exact recursion: the true dF/drho
 
     z = None
+    params = [torch.zeros_like(t, requires_grad=True) for t in ws[0]]
+    sgd = torch.optim.SGD(params, lr=1.0)  # P = 1: w = -lr c u, so u = -w at lr 1, c 1
     for w in ws:
-        z = lookahead_add_(z, [t.clone() for t in w])
+        z = lookahead_add_(z, [-t.clone() for t in w], params, sgd, {id(sgd.param_groups[0]): 1.0}, 1.0)
     shipped = (h_v @ flat(z)).item()
     sizes = [torch.linalg.matrix_norm(j - torch.eye(4, dtype=torch.float64), ord=2).item() for j in jacobians]
     bound = sum((math.prod(1 + a for a in sizes[k + 1 :]) - 1) * flat(w).norm().item() for k, w in enumerate(ws))

@@ -1,8 +1,9 @@
-"""The buffers the trainer keeps across steps: reused in place after the first step, never aliased to their source."""
+"""The buffers the trainer keeps across steps: reused in place after the first step; a copy never aliases its source,
+an accumulation takes its first term over."""
 
 import torch
 
-from lets_hf.tensor_lists import copy_into, zeros_into
+from lets_hf.tensor_lists import accumulate_, copy_into, zeros_into
 
 
 def test_zeros_into_allocates_once_then_zeroes_in_place():
@@ -23,3 +24,12 @@ def test_copy_into_copies_values_not_storage_and_reuses_the_buffer():
         source[0].mul_(2.0)
     again = copy_into(buffer, source)
     assert again is buffer and torch.equal(buffer[0], torch.tensor([0.0, 2.0, 4.0]))
+
+
+def test_accumulate_takes_the_first_term_over_then_adds_in_place():
+    first, second = [torch.tensor([2.0, 4.0])], [torch.tensor([1.0, 1.0])]
+    buffer = accumulate_(None, first, 0.5)
+    assert buffer is first and torch.equal(buffer[0], torch.tensor([1.0, 2.0]))  # scaled in place, no copy
+    again = accumulate_(buffer, second, 0.5)
+    assert again is buffer and torch.equal(buffer[0], torch.tensor([1.5, 2.5]))
+    assert torch.equal(second[0], torch.ones(2))  # an added term is left as it was
