@@ -6,6 +6,7 @@ under a folder (a sweep's output root)::
 
     python -m glue_runs.hypergradient_stats runs/sweep_full                    # run folders on disk
     python -m glue_runs.hypergradient_stats docs/results/sweep_full.jsonl      # committed sweep records
+    python -m glue_runs.hypergradient_stats docs/results/a.jsonl docs/results/b.jsonl   # one table of both
 
 Per run: the hyper-steps counted, how many pointed down (a positive dF/drho shrinks rho), the per-step
 signal-to-noise mean/sd, the run's mean in standard errors (|t| < 2: the whole run's hypergradients do not agree on a
@@ -179,15 +180,17 @@ def _runs(source: str, before_trip: bool = False) -> list[tuple[str, list[float]
     return runs
 
 
-def render(source: str, before_trip: bool = False) -> str:
+def render(sources: str | Sequence[str], before_trip: bool = False) -> str:
     """A markdown table, one row per run: the LETS records of a results JSONL, or every lets_history.csv under a
-    folder (named by its path relative to it)."""
+    folder (named by its path relative to it); given several sources, the rows of all of them sorted by name (the
+    before/after table of two sweeps in one command)."""
+    sources = [sources] if isinstance(sources, str) else sources
     lines = [
         "| run | hyper-steps | pointing down | mean/sd per step | run mean in SEs | sign z | max/median size | "
         "samples for SNR 1 |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for name, values in _runs(source, before_trip):
+    for name, values in sorted(run for source in sources for run in _runs(source, before_trip)):
         try:
             s = summarize(values)
         except ValueError as err:
@@ -202,7 +205,10 @@ def render(source: str, before_trip: bool = False) -> str:
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "root", help="a sweep's results JSONL (docs/results/...) or a folder of runs with lets_history.csv files"
+        "root",
+        nargs="+",
+        help="a sweep's results JSONL (docs/results/...) or a folder of runs with lets_history.csv files; several: "
+        "one table of all their runs",
     )
     parser.add_argument(
         "--replay", nargs="+", metavar="OPTIMIZER", help="replay the recorded values through these radius optimizers"
@@ -214,11 +220,11 @@ def main(argv: list[str] | None = None) -> str:
         "--before-trip", action="store_true", help="only the hyper-steps before the loss guard's first trip (JSONL)"
     )
     args = parser.parse_args(argv)
-    if args.replay and not os.path.isfile(args.root):
-        parser.error("--replay reads a sweep's results JSONL (its records keep rho and the settings)")
+    if args.replay and (len(args.root) != 1 or not os.path.isfile(args.root[0])):
+        parser.error("--replay reads one sweep's results JSONL (its records keep rho and the settings)")
     try:
         table = (
-            render_replay(args.root, args.replay, args.travel, args.clip, args.schedule)
+            render_replay(args.root[0], args.replay, args.travel, args.clip, args.schedule)
             if args.replay
             else render(args.root, args.before_trip)
         )

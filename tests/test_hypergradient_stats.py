@@ -74,6 +74,13 @@ def test_main_reads_the_committed_sweep_records(tmp_path):
         "| MRPC/lets-0.01/seed0 | 4 | 3 | +0.61 | +1.22 | +1.00 | 3 | 3 |",
         "| MRPC/lets-0.1/seed1 | 4 | 2 | +0.00 | +0.00 | +0.00 | 1 | inf |",
     ]
+    other = tmp_path / "other.jsonl"  # several sweeps: one table, rows sorted by name across them
+    other.write_text(json.dumps({**rows[0], "method": "lets-0.1-clip", "seed": 0}) + "\n")
+    assert [r.split(" |")[0] for r in main([str(path), str(other)]).splitlines()[2:]] == [
+        "| MRPC/lets-0.01/seed0",
+        "| MRPC/lets-0.1-clip/seed0",
+        "| MRPC/lets-0.1/seed1",
+    ]
     path.write_text(json.dumps(rows[1]) + "\n")
     with pytest.raises(SystemExit):
         main([str(path)])
@@ -93,7 +100,7 @@ def test_replay_ranks_radius_optimizers_on_a_records_recorded_values(tmp_path, c
     assert main([str(path), "--replay", "signum"]).splitlines()[2] == "| MRPC/lets/seed0 | 0.05 | 0.001 |"
     with pytest.raises(SystemExit):
         main([str(tmp_path), "--replay", "adam"])
-    assert "--replay reads a sweep's results JSONL" in capsys.readouterr().err
+    assert "--replay reads one sweep's results JSONL" in capsys.readouterr().err
 
 
 def test_replay_with_a_clip_keeps_a_heavy_tailed_pair_from_turning_the_radius(tmp_path):
