@@ -1,6 +1,7 @@
 """LETS.md's exactness check: on least squares in float64 with plain SGD and no clipping, the logged hypergradient
 equals a central finite difference of F(rho); the pure pieces (u estimators, w, radius step) against hand values."""
 
+import importlib
 import math
 import statistics
 
@@ -154,6 +155,33 @@ def test_adam_preconditioner_matches_formula():
     assert torch.allclose(optimizer_derivative_([u.clone()], [p], sgd, lrs, 0.5)[0], -0.1 * 0.5 * 1.9 * u)
     fused = optimizer_derivative_([u.clone()], [p], sgd, lrs, torch.tensor(0.5), scale=2.0, into=[z.clone()])[0]
     assert torch.allclose(fused, z - 2.0 * 0.1 * 0.5 * 1.9 * u)
+
+
+def test_adam_derivative_by_slices_equals_the_whole_tensor_computation(monkeypatch):
+    """The Adam branch works slice by slice (a small temporary); slices of 3 over tensors of 10 and 7 elements, and
+    a non-contiguous tensor (taken whole), give what one pass over each whole tensor gives."""
+    torch.manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(2, 5, dtype=torch.float64)), torch.nn.Parameter(torch.randn(7).double())]
+    opt = torch.optim.AdamW(params, lr=0.1)
+    for _ in range(2):
+        for p in params:
+            p.grad = torch.randn_like(p)
+        opt.step()
+    lrs = {id(opt.param_groups[0]): 0.1}
+    u = [torch.randn_like(p) for p in params]
+    z = [torch.randn_like(p) for p in params]
+    whole = optimizer_derivative_([t.clone() for t in u], params, opt, lrs, 0.5)
+    whole_into = optimizer_derivative_([t.clone() for t in u], params, opt, lrs, 0.5, into=[t.clone() for t in z])
+    module = importlib.import_module("lets_hf.hypergradient")  # lets_hf.hypergradient is also a function
+    monkeypatch.setattr(module, "SLICE", 3)
+    sliced = optimizer_derivative_([t.clone() for t in u], params, opt, lrs, 0.5)
+    sliced_into = optimizer_derivative_([t.clone() for t in u], params, opt, lrs, 0.5, into=[t.clone() for t in z])
+    transposed = [u[0].clone().t().contiguous().t(), u[1].clone()]  # same values, column-major storage
+    assert not transposed[0].is_contiguous()
+    strided = optimizer_derivative_(transposed, params, opt, lrs, 0.5)
+    for a, b, c, d, e in zip(whole, sliced, whole_into, sliced_into, strided):
+        assert torch.allclose(a, b, rtol=1e-14) and torch.allclose(c, d, rtol=1e-14) and torch.allclose(a, e)
+    assert not torch.allclose(whole[0], u[0])  # it did something
 
 
 def test_radius_step_bounds_and_no_increase():
