@@ -25,13 +25,19 @@ def zeros_into(buffer: list[Tensor] | None, like: list[Tensor]) -> list[Tensor]:
     return buffer
 
 
-def accumulate_(buffer: list[Tensor] | None, tensors: list[Tensor], alpha: float = 1.0) -> list[Tensor]:
-    """``buffer += alpha * tensors``; with no buffer yet, ``tensors`` scaled in place *become* it (no copy, no
-    zeroing): for a sum whose first term is a list the caller no longer needs, such as a pass's gradients."""
+def accumulate_(
+    buffer: list[Tensor] | None, tensors: list[Tensor], alpha: float = 1.0, spare: list[Tensor] | None = None
+) -> list[Tensor]:
+    """``buffer += alpha * tensors``; with no buffer yet, ``alpha * tensors`` copied into ``spare`` (a free buffer
+    of the same shapes: no allocation, no zeroing), or into new tensors without one. Returns the buffer.
+
+    Copying beats keeping ``tensors`` as the buffer when they are a pass's gradients: freed at once, their memory
+    goes to the next pass's gradients; kept, the next pass maps fresh memory, which a CPU pays in page faults."""
     if buffer is None:
+        buffer = copy_into(spare, tensors)
         if alpha != 1.0:
-            torch._foreach_mul_(tensors, alpha)
-        return tensors
+            torch._foreach_mul_(buffer, alpha)
+        return buffer
     torch._foreach_add_(buffer, tensors, alpha=alpha)
     return buffer
 

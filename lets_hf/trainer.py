@@ -148,6 +148,7 @@ class LETSTrainer(Trainer):
         self._lookahead: list[torch.Tensor] | None = None  # Z, d theta / d rho summed over the window so far
         self._w: list[torch.Tensor] | None = None  # the Z of the hyper-step in progress
         self._feeding = False  # this step's curvature u feeds the look-ahead
+        self._u_spare: list[torch.Tensor] | None = None  # a free buffer for u (the last u, once added into Z)
         self._u_acc: list[torch.Tensor] | None = None  # this step's curvature, accumulated over micro-batches
         self._sums: torch.Tensor | None = None  # [l_V, h_V.w, l_B', g'.w] of the hyper-step in progress
         self._heldout: HeldoutStream | None = None
@@ -216,7 +217,7 @@ class LETSTrainer(Trainer):
         d = self.direction(params, grads, eta=self.args.asam_eta) if finite else None
         if self._look is not None and finite:
             torch._foreach_add_(self._look, grads, alpha=1.0 / n_accum)
-        if self._feeding and finite:  # last: the secant may take grads over as its buffer
+        if self._feeding and finite:
             self._accumulate_curvature(grads, d, n_accum)
         del grads
         for p, a in zip(params, accumulated):
@@ -277,7 +278,7 @@ class LETSTrainer(Trainer):
             self._theta = copy_into(self._theta, params)
             if self.args.sam_reuse == "looksam" and self.args.sam_every > 1:
                 self._look = zeros_into(self._look, params)
-        pending, self._pending = self._pending, None
+        pending, self._pending, self._u_spare = self._pending, None, None
         trace = self.args.lets_horizon == "trace"  # Z is d theta / d log rho, kept across hyper-steps
         if pending is not None and not self.accelerator.optimizer_step_was_skipped:
             optimizer = getattr(self.optimizer, "optimizer", self.optimizer)
@@ -287,9 +288,11 @@ class LETSTrainer(Trainer):
             lrs = {id(g): lr for g, lr in zip(optimizer.param_groups, pending.lrs)}
             rho_k = self.rho if pending.rho is None else pending.rho
             scale, decay = (rho_k, 1 - 1 / self.args.lets_trace_steps) if trace else (1.0, 1.0)
+            added = self._lookahead is not None  # u is added into Z (its buffer is then free for this step's u)
             self._lookahead = lookahead_add_(
                 self._lookahead, pending.u, params, optimizer, lrs, pending.clip_coef, scale=scale, decay=decay
             )
+            self._u_spare = pending.u if added else None
         step, interval = self.state.global_step, self.args.lets_interval
         if self._lookahead is not None and (step - 1) % interval == 0:
             # trace: _w aliases Z; this step's dots read it before the next step adds into it
@@ -317,16 +320,16 @@ class LETSTrainer(Trainer):
         """Add this micro-batch's share to the curvature buffer: ``g`` (secant; the first micro-batch's gradients
         become the buffer) or ``g*g*d`` (fisher)."""
         if self.args.lets_hvp == "secant":
-            self._u_acc = accumulate_(self._u_acc, grads, 1.0 / n_accum)
+            self._u_acc = accumulate_(self._u_acc, grads, 1.0 / n_accum, self._u_spare)
         elif self.args.lets_hvp == "fisher":
-            self._u_acc = accumulate_(self._u_acc, fisher_curvature(grads, d), 1.0 / n_accum)
+            self._u_acc = accumulate_(self._u_acc, fisher_curvature(grads, d), 1.0 / n_accum, self._u_spare)
 
     def _accumulate_hvp(self, model, inputs, params, d, n_accum: int) -> None:
         """``exact``: ``H(theta + eps) d`` by double backward, in an extra pass on the unwrapped model."""
         unwrapped = self.accelerator.unwrap_model(model, keep_fp32_wrapper=True)
         with self.compute_loss_context_manager():
             loss = self.compute_loss(unwrapped, dict(inputs))
-        self._u_acc = accumulate_(self._u_acc, hessian_vector_product(loss, params, d), 1.0 / n_accum)
+        self._u_acc = accumulate_(self._u_acc, hessian_vector_product(loss, params, d), 1.0 / n_accum, self._u_spare)
 
     def _end_optimizer_step(self, params) -> None:
         """After the last micro-batch: the radius step of the hyper-step in progress, then u for the next one."""

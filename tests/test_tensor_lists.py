@@ -1,5 +1,4 @@
-"""The buffers the trainer keeps across steps: reused in place after the first step; a copy never aliases its source,
-an accumulation takes its first term over."""
+"""The buffers the trainer keeps across steps: reused in place after the first step, never aliased to their source."""
 
 import torch
 
@@ -26,10 +25,14 @@ def test_copy_into_copies_values_not_storage_and_reuses_the_buffer():
     assert again is buffer and torch.equal(buffer[0], torch.tensor([0.0, 2.0, 4.0]))
 
 
-def test_accumulate_takes_the_first_term_over_then_adds_in_place():
+def test_accumulate_copies_the_first_term_into_the_spare_buffer_then_adds_in_place():
     first, second = [torch.tensor([2.0, 4.0])], [torch.tensor([1.0, 1.0])]
-    buffer = accumulate_(None, first, 0.5)
-    assert buffer is first and torch.equal(buffer[0], torch.tensor([1.0, 2.0]))  # scaled in place, no copy
-    again = accumulate_(buffer, second, 0.5)
+    spare = [torch.full((2,), 7.0)]
+    buffer = accumulate_(None, first, 0.5, spare)
+    assert buffer is spare and torch.equal(buffer[0], torch.tensor([1.0, 2.0]))  # copied and scaled, no allocation
+    assert torch.equal(first[0], torch.tensor([2.0, 4.0]))  # the terms are left as they were
+    again = accumulate_(buffer, second, 0.5, [torch.zeros(2)])  # a buffer exists: the spare is not touched
     assert again is buffer and torch.equal(buffer[0], torch.tensor([1.5, 2.5]))
-    assert torch.equal(second[0], torch.ones(2))  # an added term is left as it was
+    assert torch.equal(second[0], torch.ones(2))
+    fresh = accumulate_(None, first)  # no spare: new tensors
+    assert fresh[0].data_ptr() != first[0].data_ptr() and torch.equal(fresh[0], first[0])
