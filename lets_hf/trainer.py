@@ -317,8 +317,8 @@ class LETSTrainer(Trainer):
         return torch.stack([loss.detach().double(), s_v])
 
     def _accumulate_curvature(self, grads, d, n_accum: int) -> None:
-        """Add this micro-batch's share to the curvature buffer: ``g`` (secant; the first micro-batch's gradients
-        become the buffer) or ``g*g*d`` (fisher)."""
+        """Add this micro-batch's share to the curvature buffer: ``g`` (secant) or ``g*g*d`` (fisher); the step's
+        first share is copied into the spare buffer (`accumulate_`)."""
         if self.args.lets_hvp == "secant":
             self._u_acc = accumulate_(self._u_acc, grads, 1.0 / n_accum, self._u_spare)
         elif self.args.lets_hvp == "fisher":
