@@ -186,6 +186,11 @@ class HeldoutStream:
         ``make_loader(dataset, sampler_fn=...)`` builds the prepared loader (the Trainer's ``_get_dataloader``, so
         collation, workers and device placement are the training loader's); the sampler is built here.
         """
+        if dataset is None:
+            raise ValueError(
+                "lets=True needs held-out data: pass lets_dataset=... or a train_dataset to carve "
+                "lets_heldout_fraction off."
+            )
         samplers: list[EpochPermutationSampler] = []
 
         def sampler_fn(data: Any) -> EpochPermutationSampler:

@@ -243,8 +243,9 @@ class LETSTrainer(Trainer):
             return torch.random.fork_rng(devices=[])
         return torch.random.fork_rng(devices=[device], device_type=device.type)
 
-    def _ascent(self, model, inputs, params) -> tuple[torch.Tensor, list[torch.Tensor], bool]:
-        """``l(theta; B)`` and its gradient ``g`` (unscaled; averaged over ranks when the perturbation is global)."""
+    def _gradient(self, model, inputs, params) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """``l(theta; batch)`` and its gradient on this rank (no DDP sync; as scaled by fp16's GradScaler), with
+        ``p.grad`` left empty."""
         with self.accelerator.no_sync(model):
             with self.compute_loss_context_manager():
                 loss = self.compute_loss(model, dict(inputs))
@@ -252,11 +253,16 @@ class LETSTrainer(Trainer):
         grads = grads_of(params)
         for p in params:
             p.grad = None
+        return loss, grads
+
+    def _ascent(self, model, inputs, params) -> tuple[torch.Tensor, list[torch.Tensor], bool]:
+        """``l(theta; B)`` and its gradient ``g`` (unscaled; averaged over ranks when the perturbation is global)."""
+        loss, grads = self._gradient(model, inputs, params)
         if self.args.sam_sync_perturbation:
             all_reduce_mean_(grads, self.accelerator.num_processes)
         finite = True
         if self.accelerator.scaler is not None:  # fp16: unscale; an overflow skips the perturbation
-            torch._foreach_mul_(grads, 1.0 / self.accelerator.scaler.get_scale())
+            torch._foreach_mul_(grads, self._inv_scale())
             finite = all_finite(grads)  # a host sync, fp16 only
         return loss, grads, finite
 
@@ -303,26 +309,15 @@ class LETSTrainer(Trainer):
 
     def _heldout_pass(self, model, params, w) -> torch.Tensor:
         """``[l(theta; V), h_V^T w]`` on one held-out batch, local to this rank (averaged with the other sums)."""
-        batch = self._prepare_inputs(self._heldout_stream().next())
-        with self.accelerator.no_sync(model):
-            with self.compute_loss_context_manager():
-                loss = self.compute_loss(model, dict(batch))
-            self.accelerator.backward(loss)
-        grads = grads_of(params)
-        s_v = dot(grads, w)
-        if self.accelerator.scaler is not None:
-            s_v = s_v / self.accelerator.scaler.get_scale()
-        for p in params:
-            p.grad = None
-        return torch.stack([loss.detach().double(), s_v])
+        loss, grads = self._gradient(model, self._prepare_inputs(self._heldout_stream().next()), params)
+        return torch.stack([loss.detach().double(), dot(grads, w) * self._inv_scale()])
 
     def _accumulate_curvature(self, grads, d, n_accum: int) -> None:
         """Add this micro-batch's share to the curvature buffer: ``g`` (secant) or ``g*g*d`` (fisher); the step's
         first share is copied into the spare buffer (`accumulate_`)."""
-        if self.args.lets_hvp == "secant":
-            self._u_acc = accumulate_(self._u_acc, grads, 1.0 / n_accum, self._u_spare)
-        elif self.args.lets_hvp == "fisher":
-            self._u_acc = accumulate_(self._u_acc, fisher_curvature(grads, d), 1.0 / n_accum, self._u_spare)
+        if self.args.lets_hvp != "exact":  # exact: its own pass, `_accumulate_hvp`
+            share = grads if self.args.lets_hvp == "secant" else fisher_curvature(grads, d)
+            self._u_acc = accumulate_(self._u_acc, share, 1.0 / n_accum, self._u_spare)
 
     def _accumulate_hvp(self, model, inputs, params, d, n_accum: int) -> None:
         """``exact``: ``H(theta + eps) d`` by double backward, in an extra pass on the unwrapped model."""
@@ -415,18 +410,10 @@ class LETSTrainer(Trainer):
         return self._params
 
     def _heldout_stream(self) -> HeldoutStream:
+        """The held-out batches, built on first use (after a resume, from the checkpoint's point)."""
         if self._heldout is None:
-            if self.lets_dataset is None:
-                raise ValueError(
-                    "lets=True needs held-out data: pass lets_dataset=... or a train_dataset to carve "
-                    "lets_heldout_fraction off."
-                )
-            make_loader = functools.partial(
-                self._get_dataloader, description="lets", batch_size=self.args.lets_batch_size
-            )
-            self._heldout = HeldoutStream.from_dataset(
-                make_loader, self.lets_dataset, self.args.seed, self._heldout_resume
-            )
+            loader = functools.partial(self._get_dataloader, description="lets", batch_size=self.args.lets_batch_size)
+            self._heldout = HeldoutStream.from_dataset(loader, self.lets_dataset, self.args.seed, self._heldout_resume)
         return self._heldout
 
     # ------------------------------------------------------------------------------------------------------------

@@ -217,6 +217,24 @@ def test_the_carve_is_announced_at_warning_level(base_args, caplog):
     assert not [r for r in caplog.records if "carved" in r.getMessage()]  # nothing carved, nothing said
 
 
+def test_lets_without_heldout_data_names_the_fix(base_args):
+    """A Trainer fed by its own loader has no train_dataset to carve from: without lets_dataset the first hyper-step
+    stops with what to pass, not a stack trace from inside the data loader."""
+    data = regression_data(16)
+
+    class OwnLoader(LETSTrainer):
+        def get_train_dataloader(self):
+            return self.accelerator.prepare(torch.utils.data.DataLoader(data, batch_size=8))
+
+    args = LETSTrainingArguments(**sgd_args(base_args, sam_rho=0.05, max_steps=3, lets_interval=1))
+    trainer = OwnLoader(model=LinearRegressor(), args=args)
+    with pytest.raises(
+        ValueError, match=r"lets=True needs held-out data: pass lets_dataset=\.\.\. or a train_dataset"
+    ):
+        trainer.train()
+    assert trainer.state.global_step == 1  # the step that fed the look-ahead ran; the hyper-step after it stopped
+
+
 def test_training_logs_carry_rho_gap_and_hypergradient(base_args):
     args = LETSTrainingArguments(**base_args, max_steps=4, per_device_train_batch_size=4, lets_interval=2)
     trainer = LETSTrainer(model=tiny_bert(), args=args, train_dataset=token_data(40))
