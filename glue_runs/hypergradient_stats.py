@@ -112,10 +112,13 @@ def find_histories(root: str) -> list[str]:
     return found
 
 
-def read_records(path: str, before_trip: bool = False) -> list[tuple[str, list[float]]]:
+def read_records(
+    path: str, before_trip: bool = False, steps: tuple[int, int] | None = None
+) -> list[tuple[str, list[float]]]:
     """``(task/method/seedN, hypergradients)`` of every LETS record in a sweep's results JSONL that kept its
     per-hyper-step history (``lets_history``; records made before it was kept have none and are left out). With
-    ``before_trip``, only the hyper-steps before the loss guard's first trip (the radius the run was meant to have)."""
+    ``before_trip``, only the hyper-steps before the loss guard's first trip (the radius the run was meant to have);
+    with ``steps = (first, last)``, only those whose optimizer step lies in that range (a phase of training)."""
     runs = []
     with open(path) as f:
         for line in f:
@@ -125,6 +128,8 @@ def read_records(path: str, before_trip: bool = False) -> list[tuple[str, list[f
                 history = record["lets_history"]
                 if before_trip:
                     history = history[: next((i for i, h in enumerate(history) if h["guard_tripped"]), len(history))]
+                if steps is not None:
+                    history = [h for h in history if steps[0] <= h["step"] <= steps[1]]
                 runs.append((name, [float(h["hypergradient"]) for h in history]))
     if not runs:
         raise ValueError(f"{path} holds no record with a lets_history (LETS runs of a sweep that keeps them)")
@@ -168,9 +173,13 @@ def render_replay(
     return "\n".join(lines)
 
 
-def _runs(source: str, before_trip: bool = False) -> list[tuple[str, list[float]]]:
+def _runs(
+    source: str, before_trip: bool = False, steps: tuple[int, int] | None = None
+) -> list[tuple[str, list[float]]]:
     if os.path.isfile(source):
-        return read_records(source, before_trip)
+        return read_records(source, before_trip, steps)
+    if steps is not None:
+        raise ValueError("--steps reads a sweep's results JSONL (its records keep each hyper-step's step)")
     runs = []
     for path in find_histories(source):
         try:
@@ -180,17 +189,17 @@ def _runs(source: str, before_trip: bool = False) -> list[tuple[str, list[float]
     return runs
 
 
-def render(sources: str | Sequence[str], before_trip: bool = False) -> str:
+def render(sources: str | Sequence[str], before_trip: bool = False, steps: tuple[int, int] | None = None) -> str:
     """A markdown table, one row per run: the LETS records of a results JSONL, or every lets_history.csv under a
     folder (named by its path relative to it); given several sources, the rows of all of them sorted by name (the
-    before/after table of two sweeps in one command)."""
+    before/after table of two sweeps in one command). ``before_trip`` and ``steps``: see `read_records`."""
     sources = [sources] if isinstance(sources, str) else sources
     lines = [
         "| run | hyper-steps | pointing down | mean/sd per step | run mean in SEs | sign z | max/median size | "
         "samples for SNR 1 |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for name, values in sorted(run for source in sources for run in _runs(source, before_trip)):
+    for name, values in sorted(run for source in sources for run in _runs(source, before_trip, steps)):
         try:
             s = summarize(values)
         except ValueError as err:
@@ -219,6 +228,13 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument(
         "--before-trip", action="store_true", help="only the hyper-steps before the loss guard's first trip (JSONL)"
     )
+    parser.add_argument(
+        "--steps",
+        nargs=2,
+        type=int,
+        metavar=("FIRST", "LAST"),
+        help="only the hyper-steps at optimizer steps FIRST..LAST, both included (JSONL): a phase of training",
+    )
     args = parser.parse_args(argv)
     if args.replay and (len(args.root) != 1 or not os.path.isfile(args.root[0])):
         parser.error("--replay reads one sweep's results JSONL (its records keep rho and the settings)")
@@ -226,7 +242,7 @@ def main(argv: list[str] | None = None) -> str:
         table = (
             render_replay(args.root[0], args.replay, args.travel, args.clip, args.schedule)
             if args.replay
-            else render(args.root, args.before_trip)
+            else render(args.root, args.before_trip, tuple(args.steps) if args.steps else None)
         )
     except (FileNotFoundError, ValueError) as err:
         parser.error(str(err))

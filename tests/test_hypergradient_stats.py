@@ -136,3 +136,16 @@ def test_before_trip_keeps_the_hyper_steps_before_the_guards_first_trip(tmp_path
     whole, before = main([str(path)]).splitlines()[2], main([str(path), "--before-trip"]).splitlines()[2]
     assert whole.startswith("| MRPC/probe/seed2 | 6 | 4 |") and before.startswith("| MRPC/probe/seed2 | 4 | 3 |")
     assert before.endswith("| +0.73 | +1.46 | +1.00 | 2 | 2 |")  # mean 1.25, sd 1.708 over [1, 2, -1, 3]
+
+
+def test_steps_keeps_the_hyper_steps_of_a_phase_of_training(tmp_path, capsys):
+    history = [
+        {"step": 2 + 10 * i, "hypergradient": v, "guard_tripped": False} for i, v in enumerate([1, 2, -1, 3, -5])
+    ]
+    path = tmp_path / "sweep.jsonl"
+    path.write_text(json.dumps({"task": "SST-2", "method": "lets", "seed": 0, "lets_history": history}) + "\n")
+    late = main([str(path), "--steps", "12", "32"]).splitlines()[2]  # steps 12, 22, 32: values 2, -1, 3
+    assert late.startswith("| SST-2/lets/seed0 | 3 | 2 |")
+    with pytest.raises(SystemExit):
+        main([str(tmp_path), "--steps", "12", "32"])  # a folder of CSVs: refused, with what it reads
+    assert "--steps reads a sweep's results JSONL" in capsys.readouterr().err
