@@ -178,8 +178,9 @@ def _runs(
 ) -> list[tuple[str, list[float]]]:
     if os.path.isfile(source):
         return read_records(source, before_trip, steps)
-    if steps is not None:
-        raise ValueError("--steps reads a sweep's results JSONL (its records keep each hyper-step's step)")
+    if steps is not None or before_trip:
+        flag = "--steps" if steps is not None else "--before-trip"
+        raise ValueError(f"{flag} reads a sweep's results JSONL (its records keep each hyper-step's step and trips)")
     runs = []
     for path in find_histories(source):
         try:

@@ -33,11 +33,14 @@ def accumulate_(
 
     Copying beats keeping ``tensors`` as the buffer when they are a pass's gradients: freed at once, their memory
     goes to the next pass's gradients; kept, the next pass maps fresh memory, which a CPU pays in page faults."""
-    if buffer is None:
-        buffer = copy_into(spare, tensors)
-        if alpha != 1.0:
-            torch._foreach_mul_(buffer, alpha)
-        return buffer
+    if buffer is None and alpha == 1.0:
+        return copy_into(spare, tensors)
+    if buffer is None and spare is None:
+        return [t.detach() * alpha for t in tensors]
+    if buffer is None:  # scaled into the spare buffer in one pass (a copy, then a scale, would read it twice)
+        for out, t in zip(spare, tensors):
+            torch.mul(t.detach(), alpha, out=out)
+        return spare
     torch._foreach_add_(buffer, tensors, alpha=alpha)
     return buffer
 

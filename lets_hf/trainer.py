@@ -294,11 +294,10 @@ class LETSTrainer(Trainer):
             lrs = {id(g): lr for g, lr in zip(optimizer.param_groups, pending.lrs)}
             rho_k = self.rho if pending.rho is None else pending.rho
             scale, decay = (rho_k, 1 - 1 / self.args.lets_trace_steps) if trace else (1.0, 1.0)
-            added = self._lookahead is not None  # u is added into Z (its buffer is then free for this step's u)
             self._lookahead = lookahead_add_(
                 self._lookahead, pending.u, params, optimizer, lrs, pending.clip_coef, scale=scale, decay=decay
             )
-            self._u_spare = pending.u if added else None
+            self._u_spare = None if self._lookahead is pending.u else pending.u  # added into Z: free for this u
         step, interval = self.state.global_step, self.args.lets_interval
         if self._lookahead is not None and (step - 1) % interval == 0:
             # trace: _w aliases Z; this step's dots read it before the next step adds into it

@@ -149,3 +149,6 @@ def test_steps_keeps_the_hyper_steps_of_a_phase_of_training(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main([str(tmp_path), "--steps", "12", "32"])  # a folder of CSVs: refused, with what it reads
     assert "--steps reads a sweep's results JSONL" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([str(tmp_path), "--before-trip"])  # nor read the guard's trips from CSVs, where they are not kept
+    assert "--before-trip reads a sweep's results JSONL" in capsys.readouterr().err

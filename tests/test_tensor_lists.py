@@ -36,3 +36,5 @@ def test_accumulate_copies_the_first_term_into_the_spare_buffer_then_adds_in_pla
     assert torch.equal(second[0], torch.ones(2))
     fresh = accumulate_(None, first)  # no spare: new tensors
     assert fresh[0].data_ptr() != first[0].data_ptr() and torch.equal(fresh[0], first[0])
+    scaled = accumulate_(None, first, 0.25)  # no spare, scaled: new tensors, the terms untouched
+    assert torch.equal(scaled[0], torch.tensor([0.5, 1.0])) and torch.equal(first[0], torch.tensor([2.0, 4.0]))
