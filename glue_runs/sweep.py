@@ -4,7 +4,9 @@ Runs `lets-glue` over tasks x methods x seeds from one config, each run in its o
 (``output_root/<task>/<method>/seed<k>``) and its own process. A finished run appends one line to the results JSONL
 and is never redone; a run interrupted half-way (a folder without an entry) is deleted and restarted from scratch.
 Each entry keeps the settings it ran with: a results file whose entries were made with other settings than the
-config now asks for is refused rather than mixed into one table.
+config now asks for is refused rather than mixed into one table. A method runs with its flags over the ``base``'s and
+lets-glue's defaults: a SAM method that leaves ``lets`` out learns its radius (``lets=True``, the default); a
+fixed-radius point of the grid says ``lets: false``.
 After every run, ``<results>.md`` (mean and std over seeds of each task's main metric, the final rho of the LETS runs)
 and ``<results>.png`` (per task, the methods side by side with their seed spread; rho over training, relative to
 where it started, for the LETS runs) are rendered again, so a partial table is always on disk.
@@ -134,7 +136,7 @@ def run_one(config: dict, task: str, method: str, seed: int) -> dict:
         "metric": metric,
         "value": results[f"eval_{metric}"],
         "final_rho": results.get("train_final_rho"),
-        "lets": bool(flags.get("lets")) and flags.get("sam_variant") != "none",
+        "lets": learns_radius(config, method),
         "train_runtime": results.get("train_runtime"),
         "wall_seconds": round(time.time() - start, 1),
         "cpu_seconds": round(cpu_seconds, 1),
@@ -206,9 +208,20 @@ def variant(config: dict, method: str) -> str | None:
     return config["methods"][method].get("sam_variant", config["base"].get("sam_variant"))
 
 
+LETS_DEFAULT = True  # LETSTrainingArguments.lets: a run with a SAM variant learns its radius unless told not to
+
+
+def learns_radius(config: dict, method: str) -> bool:
+    """Whether the method's runs learn rho, as lets-glue runs them: its ``lets`` flag, else the base's, else the
+    arguments' default (`LETS_DEFAULT`, True); never without a SAM variant. A method that leaves ``lets`` out is a
+    LETS run, not a point of the grid."""
+    flags = {**config["base"], **config["methods"][method]}
+    return variant(config, method) not in (None, "none") and bool(flags.get("lets", LETS_DEFAULT))
+
+
 def is_grid(config: dict, method: str) -> bool:
     """A fixed-radius SAM or ASAM method: one point of the grid a learned radius replaces."""
-    return variant(config, method) not in (None, "none") and not config["methods"][method].get("lets")
+    return variant(config, method) not in (None, "none") and not learns_radius(config, method)
 
 
 def versus(records: dict, task: str, method: str, other: str, label: str) -> str:
@@ -228,7 +241,7 @@ def compare(config: dict, records: dict, task: str) -> list[str]:
     """Each LETS method (two seeds or more) against the best fixed radius of its own variant and against AdamW."""
     done = {m for m in config["methods"] if len(_runs(records, task, m)) >= 2}
     lines = []
-    for method in [m for m in config["methods"] if m in done and config["methods"][m].get("lets")]:
+    for method in [m for m in config["methods"] if m in done and learns_radius(config, m)]:
         grid = [
             (statistics.fmean(r["value"] for r in _runs(records, task, m)), m)
             for m in done
@@ -276,9 +289,8 @@ def render_details(config: dict, records: dict, own: set[str] | None = None) -> 
         grid_runs = [r for m in grid for r in _runs(records, task, m) if r["seed"] == config["seeds"][0]]
         for method in config["methods"]:
             lets_runs = _runs(records, task, method)
-            flags = config["methods"][method]
             if (
-                flags.get("lets")
+                learns_radius(config, method)
                 and variant(config, method) == "sam"
                 and lets_runs
                 and grid

@@ -124,8 +124,8 @@ def test_details_give_per_seed_values_costs_and_the_two_sd_rule():
         "base": {},
         "methods": {
             "adamw": {"sam_variant": "none"},
-            "sam-a": {"sam_variant": "sam", "sam_rho": 0.01},
-            "sam-b": {"sam_variant": "sam", "sam_rho": 0.05},
+            "sam-a": {"sam_variant": "sam", "sam_rho": 0.01, "lets": False},
+            "sam-b": {"sam_variant": "sam", "sam_rho": 0.05, "lets": False},
             "lets": {"sam_variant": "sam", "sam_rho": 0.05, "lets": True},
         },
     }
@@ -154,6 +154,31 @@ def test_details_give_per_seed_values_costs_and_the_two_sd_rule():
     assert "Machine time of the finished runs (8): 0.6 h wall, 1.0 CPU hours (the 6 runs that recorded it)." in text
     alone = {**config, "methods": {"lets": config["methods"]["lets"]}}  # no grid in the sweep: no cost line
     assert "Cost:" not in render_details(alone, {k: r for k, r in records.items() if k[1] == "lets"})
+
+
+def test_a_method_that_leaves_lets_out_learns_its_radius_as_lets_glue_runs_it():
+    """The records' ``lets`` and the grid follow what the run did: lets-glue's default is ``lets=True``, so a SAM
+    method without the flag learned its radius (a control once ran LETS while its record said fixed)."""
+    import dataclasses
+
+    from glue_runs.sweep import LETS_DEFAULT, is_grid, learns_radius
+    from lets_hf import LETSTrainingArguments
+
+    field = {f.name: f for f in dataclasses.fields(LETSTrainingArguments)}["lets"]
+    assert LETS_DEFAULT is field.default is True
+    config = {
+        "base": {"sam_variant": "sam"},
+        "methods": {
+            "bare": {"sam_rho": 0.01},
+            "fixed": {"sam_rho": 0.01, "lets": False},
+            "adamw": {"sam_variant": "none"},
+            "adamw-lets": {"sam_variant": "none", "lets": True},  # no perturbation: nothing to learn
+        },
+    }
+    assert [learns_radius(config, m) for m in config["methods"]] == [True, False, False, False]
+    assert [is_grid(config, m) for m in config["methods"]] == [False, True, False, False]
+    config["base"]["lets"] = False  # a base that turns it off for every method that does not say otherwise
+    assert learns_radius(config, "bare") is False and is_grid(config, "bare")
 
 
 def test_plot_names_the_methods_at_each_fixed_radius():
@@ -189,7 +214,10 @@ def test_baselines_come_from_the_other_sweep_for_this_sweeps_tasks_and_seeds_onl
         "base": base,
         "tasks": ["MRPC", "CoLA"],
         "seeds": [0, 1, 2],
-        "methods": {"adamw": {"sam_variant": "none"}, "sam-0.01": {"sam_variant": "sam", "sam_rho": 0.01}},
+        "methods": {
+            "adamw": {"sam_variant": "none"},
+            "sam-0.01": {"sam_variant": "sam", "sam_rho": 0.01, "lets": False},
+        },
     }
     (tmp_path / "grid.yaml").write_text(yaml.safe_dump(other))
     with open(other["results"], "w") as f:
