@@ -81,7 +81,8 @@ class LETSTrainingArguments(TrainingArguments):
             "help": "What the steps between two perturbed ones reuse when sam_every > 1: 'none' (plain steps: "
             "interval SAM, as MosaicML Composer's) or 'looksam' (Liu et al. 2022: the part of the last SAM "
             "gradient orthogonal to its plain gradient, rescaled to each step's gradient and weighted by "
-            "looksam_alpha; one more parameter-sized buffer).",
+            "looksam_alpha; one more parameter-sized buffer). LookSAM's term keeps its size whatever rho is, so "
+            "lets cannot switch it off by lowering rho: with lets, use 'none' (docs/results.md, section 8).",
             "choices": list(SAM_REUSE),
         },
     )
