@@ -33,16 +33,16 @@ def accumulate_(
 
     Copying beats keeping ``tensors`` as the buffer when they are a pass's gradients: freed at once, their memory
     goes to the next pass's gradients; kept, the next pass maps fresh memory, which a CPU pays in page faults."""
-    if buffer is None and alpha == 1.0:
+    if buffer is not None:
+        torch._foreach_add_(buffer, tensors, alpha=alpha)
+        return buffer
+    if alpha == 1.0:
         return copy_into(spare, tensors)
-    if buffer is None and spare is None:
+    if spare is None:
         return [t.detach() * alpha for t in tensors]
-    if buffer is None:  # scaled into the spare buffer in one pass (a copy, then a scale, would read it twice)
-        for out, t in zip(spare, tensors):
-            torch.mul(t.detach(), alpha, out=out)
-        return spare
-    torch._foreach_add_(buffer, tensors, alpha=alpha)
-    return buffer
+    for out, t in zip(spare, tensors):  # scaled into the spare in one pass (a copy, then a scale, reads it twice)
+        torch.mul(t.detach(), alpha, out=out)
+    return spare
 
 
 @torch.no_grad()
