@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import os
 import re
@@ -36,6 +37,8 @@ import sys
 import time
 
 import yaml
+
+from lets_hf.training_args import LETSTrainingArguments
 
 from .report import atomic_write, atomic_write_text
 from .tasks import get_task
@@ -208,7 +211,8 @@ def variant(config: dict, method: str) -> str | None:
     return config["methods"][method].get("sam_variant", config["base"].get("sam_variant"))
 
 
-LETS_DEFAULT = True  # LETSTrainingArguments.lets: a run with a SAM variant learns its radius unless told not to
+# lets-glue's default for ``lets`` (True): a run with a SAM variant learns its radius unless told not to
+LETS_DEFAULT = {f.name: f.default for f in dataclasses.fields(LETSTrainingArguments)}["lets"]
 
 
 def learns_radius(config: dict, method: str) -> bool:
