@@ -74,6 +74,8 @@ def test_floors_follow_lets_md():
     assert floors("isam-5") == floors("looksam-5") == {"floor_vs_erm": 1.2, "floor_vs_sam": 0.6}
     assert floors("lets-looksam-5")["floor_vs_erm"] == pytest.approx(1.3)  # the target: one step in 5 + 1/10
     assert floors("lets-isam-10")["floor_vs_erm"] == pytest.approx(1.2)
+    assert floors("lets-sam-hb16", batch=32)["floor_vs_sam"] == pytest.approx(1.025)  # half a pass per hyper-step
+    assert floors("lets-sam-hb16", batch=16)["floor_vs_sam"] == pytest.approx(1.05)
 
 
 def test_memory_only_reports_memory_without_timing_columns(tmp_path):
