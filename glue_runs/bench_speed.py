@@ -210,7 +210,9 @@ def floors(method: str, batch: int = 32) -> dict[str, float | None]:
     if settings.get("lets_hvp") == "exact":  # + a forward and a double backward per feeding step: no floor given
         return {"floor_vs_erm": None, "floor_vs_sam": None}
     k = settings.get("sam_every", 1)
-    heldout = settings.get("lets_batch_size", batch) / batch / settings["lets_interval"] if settings.get("lets") else 0.0
+    heldout = 0.0  # the held-out pass, in training passes per step
+    if settings.get("lets"):
+        heldout = settings.get("lets_batch_size", batch) / batch / settings["lets_interval"]
     passes = (k + 1) / k + heldout  # ERM's step: one pass
     return {"floor_vs_erm": passes, "floor_vs_sam": passes / 2}
 
