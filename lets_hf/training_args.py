@@ -192,7 +192,12 @@ class LETSTrainingArguments(TrainingArguments):
     )
     lets_batch_size: int | None = field(
         default=None,
-        metadata={"help": "Per-device batch size of the held-out loader (default per_device_train_batch_size)."},
+        metadata={
+            "help": "Per-device batch size of the held-out loader (default per_device_train_batch_size). Smaller is "
+            "cheaper, the held-out pass costing lets_batch_size / per_device_train_batch_size of a training pass per "
+            "hyper-step, and noisier: half the training batch slowed the radius from a bad start "
+            "(docs/results.md section 7)."
+        },
     )
     lets_guard_tolerance: float | None = field(
         default=0.2,
