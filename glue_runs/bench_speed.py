@@ -203,7 +203,8 @@ def profile(method: str, opts: argparse.Namespace) -> None:
 
 def floors(method: str, batch: int = 32) -> dict[str, float | None]:
     """The reference points: (floor vs ERM, floor vs SAM). The held-out pass costs ``lets_batch_size / batch`` of
-    a training pass (all of one at the default held-out batch)."""
+    a training pass, with ``lets_batch_size`` and ``lets_interval`` as the arguments resolve them for this method
+    (the defaults are LETSTrainingArguments', not written again here)."""
     settings = METHODS[method]
     if settings is None or settings.get("sam_variant") == "none":
         return {"floor_vs_erm": 1.0, "floor_vs_sam": 0.5}
@@ -212,7 +213,8 @@ def floors(method: str, batch: int = 32) -> dict[str, float | None]:
     k = settings.get("sam_every", 1)
     heldout = 0.0  # the held-out pass, in training passes per step
     if settings.get("lets"):
-        heldout = settings.get("lets_batch_size", batch) / batch / settings["lets_interval"]
+        args = LETSTrainingArguments(output_dir="unused", per_device_train_batch_size=batch, use_cpu=True, **settings)
+        heldout = args.lets_batch_size / batch / args.lets_interval
     passes = (k + 1) / k + heldout  # ERM's step: one pass
     return {"floor_vs_erm": passes, "floor_vs_sam": passes / 2}
 

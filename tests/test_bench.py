@@ -76,6 +76,7 @@ def test_floors_follow_lets_md():
     assert floors("lets-isam-10")["floor_vs_erm"] == pytest.approx(1.2)
     assert floors("lets-sam-hb16", batch=32)["floor_vs_sam"] == pytest.approx(1.025)  # half a pass per hyper-step
     assert floors("lets-sam-hb16", batch=16)["floor_vs_sam"] == pytest.approx(1.05)
+    assert floors("lets-sam", batch=8)["floor_vs_sam"] == pytest.approx(1.05)  # the default: the training batch
 
 
 def test_memory_only_reports_memory_without_timing_columns(tmp_path):
