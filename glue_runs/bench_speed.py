@@ -38,6 +38,7 @@ METHODS: dict[str, dict | None] = {
     "lets-sam-horizon": dict(sam_variant="sam", lets=True, lets_interval=10, lets_horizon="interval"),
     "lets-sam-i1": dict(sam_variant="sam", lets=True, lets_interval=1),
     "lets-sam-hb16": dict(sam_variant="sam", lets=True, lets_interval=10, lets_batch_size=16),
+    "lets-sam-i20": dict(sam_variant="sam", lets=True, lets_interval=20),  # time it with --window 20
     "asam": dict(sam_variant="asam", sam_rho=0.5, lets=False),
     "lets-asam": dict(sam_variant="asam", sam_rho=0.5, lets=True, lets_interval=10),
     "lets-sam-fisher": dict(sam_variant="sam", lets=True, lets_interval=10, lets_hvp="fisher"),

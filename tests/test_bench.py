@@ -77,6 +77,7 @@ def test_floors_follow_lets_md():
     assert floors("lets-sam-hb16", batch=32)["floor_vs_sam"] == pytest.approx(1.025)  # half a pass per hyper-step
     assert floors("lets-sam-hb16", batch=16)["floor_vs_sam"] == pytest.approx(1.05)
     assert floors("lets-sam", batch=8)["floor_vs_sam"] == pytest.approx(1.05)  # the default: the training batch
+    assert floors("lets-sam-i20")["floor_vs_sam"] == pytest.approx(1.025)  # one pass every 20 steps
 
 
 def test_memory_only_reports_memory_without_timing_columns(tmp_path):
