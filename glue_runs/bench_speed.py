@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import resource
 import statistics
@@ -38,7 +39,7 @@ METHODS: dict[str, dict | None] = {
     "lets-sam-horizon": dict(sam_variant="sam", lets=True, lets_interval=10, lets_horizon="interval"),
     "lets-sam-i1": dict(sam_variant="sam", lets=True, lets_interval=1),
     "lets-sam-hb16": dict(sam_variant="sam", lets=True, lets_interval=10, lets_batch_size=16),
-    "lets-sam-i20": dict(sam_variant="sam", lets=True, lets_interval=20),  # time it with --window 20
+    "lets-sam-i20": dict(sam_variant="sam", lets=True, lets_interval=20),
     "asam": dict(sam_variant="asam", sam_rho=0.5, lets=False),
     "lets-asam": dict(sam_variant="asam", sam_rho=0.5, lets=True, lets_interval=10),
     "lets-sam-fisher": dict(sam_variant="sam", lets=True, lets_interval=10, lets_hvp="fisher"),
@@ -202,20 +203,26 @@ def profile(method: str, opts: argparse.Namespace) -> None:
     print(f"== {method}: {opts.window} steps ==\n{table}", flush=True)
 
 
+def method_args(method: str, batch: int = 32) -> LETSTrainingArguments | None:
+    """The method's arguments as LETSTrainingArguments resolves them (its defaults not written again here), or None
+    where the radius is not learned (no held-out pass)."""
+    settings = METHODS[method]
+    if not (settings and settings.get("lets") and settings.get("sam_variant") != "none"):
+        return None
+    return LETSTrainingArguments(output_dir="unused", per_device_train_batch_size=batch, use_cpu=True, **settings)
+
+
 def floors(method: str, batch: int = 32) -> dict[str, float | None]:
     """The reference points: (floor vs ERM, floor vs SAM). The held-out pass costs ``lets_batch_size / batch`` of
-    a training pass, with ``lets_batch_size`` and ``lets_interval`` as the arguments resolve them for this method
-    (the defaults are LETSTrainingArguments', not written again here)."""
+    a training pass, with ``lets_batch_size`` and ``lets_interval`` as `method_args` resolves them."""
     settings = METHODS[method]
     if settings is None or settings.get("sam_variant") == "none":
         return {"floor_vs_erm": 1.0, "floor_vs_sam": 0.5}
     if settings.get("lets_hvp") == "exact":  # + a forward and a double backward per feeding step: no floor given
         return {"floor_vs_erm": None, "floor_vs_sam": None}
     k = settings.get("sam_every", 1)
-    heldout = 0.0  # the held-out pass, in training passes per step
-    if settings.get("lets"):
-        args = LETSTrainingArguments(output_dir="unused", per_device_train_batch_size=batch, use_cpu=True, **settings)
-        heldout = args.lets_batch_size / batch / args.lets_interval
+    args = method_args(method, batch)
+    heldout = args.lets_batch_size / batch / args.lets_interval if args else 0.0  # in training passes per step
     passes = (k + 1) / k + heldout  # ERM's step: one pass
     return {"floor_vs_erm": passes, "floor_vs_sam": passes / 2}
 
@@ -285,7 +292,13 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--seq", type=int, default=128)
     p.add_argument("--warmup", type=int, default=2, help="steps per block before timing")
-    p.add_argument("--window", type=int, default=10, help="timed steps per block (>= lets_interval)")
+    p.add_argument(
+        "--window",
+        type=int,
+        default=None,
+        help="timed steps per block, a multiple of every timed method's lets_interval (each block then holds its "
+        "share of hyper-steps); default: the least such multiple that is at least 10",
+    )
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     p.add_argument("--bf16", action="store_true")
@@ -303,6 +316,17 @@ def parse(argv=None) -> argparse.Namespace:
     )
     p.add_argument("--memory-worker", default=None, help=argparse.SUPPRESS)
     opts = p.parse_args(argv)
+    timed = [] if opts.memory_only or opts.memory_worker else (opts.profile or opts.methods)
+    intervals = [args.lets_interval for args in map(method_args, timed, [opts.batch] * len(timed)) if args]
+    step = math.lcm(*intervals) if intervals else 1
+    if opts.window is None:
+        opts.window = step * math.ceil(10 / step)
+    elif opts.window % step:
+        p.error(
+            f"--window {opts.window} is not a multiple of every timed method's lets_interval "
+            f"({sorted(set(intervals))}): a block would hold more or fewer hyper-steps than its share. Use a "
+            f"multiple of {step}."
+        )
     opts.passthrough = (
         ["--model", opts.model, "--batch", str(opts.batch), "--seq", str(opts.seq), "--scratch", opts.scratch]
         + (["--bf16"] if opts.bf16 else [])

@@ -59,7 +59,7 @@ def test_a_warm_up_block_runs_first_and_is_not_timed(monkeypatch):
             timer.faults = [len(calls)] * steps
 
     monkeypatch.setattr(bench_speed, "train_block", fake_train_block)
-    opts = parse(["--warmup", "1", "--window", "2", "--repeats", "2"])
+    opts = parse(["--warmup", "1", "--window", "2", "--repeats", "2", "--methods", "erm", "sam"])
     blocks, faults = measure_times(["erm", "sam"], opts)
     assert calls == [("erm", 3, False), ("erm", 3, True), ("sam", 3, True), ("erm", 3, True), ("sam", 3, True)]
     assert blocks == {"erm": [[2.0, 2.0], [4.0, 4.0]], "sam": [[3.0, 3.0], [5.0, 5.0]]}
@@ -78,6 +78,17 @@ def test_floors_follow_lets_md():
     assert floors("lets-sam-hb16", batch=16)["floor_vs_sam"] == pytest.approx(1.05)
     assert floors("lets-sam", batch=8)["floor_vs_sam"] == pytest.approx(1.05)  # the default: the training batch
     assert floors("lets-sam-i20")["floor_vs_sam"] == pytest.approx(1.025)  # one pass every 20 steps
+
+
+def test_the_window_holds_every_timed_methods_share_of_hyper_steps(capsys):
+    assert parse(["--methods", "sam", "lets-sam"]).window == 10
+    assert parse(["--methods", "sam", "lets-sam", "lets-sam-i20"]).window == 20  # the default grows to fit
+    assert parse(["--methods", "lets-sam-i1"]).window == 10
+    assert parse(["--window", "40", "--methods", "lets-sam-i20"]).window == 40
+    with pytest.raises(SystemExit):
+        parse(["--window", "10", "--methods", "sam", "lets-sam-i20"])
+    assert "not a multiple of every timed method's lets_interval ([20])" in capsys.readouterr().err
+    assert parse(["--window", "3", "--methods", "sam", "erm"]).window == 3  # no hyper-steps: any window
 
 
 def test_memory_only_reports_memory_without_timing_columns(tmp_path):
