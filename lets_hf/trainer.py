@@ -148,7 +148,7 @@ class LETSTrainer(Trainer):
         self._lookahead: list[torch.Tensor] | None = None  # Z, d theta / d rho summed over the window so far
         self._w: list[torch.Tensor] | None = None  # the Z of the hyper-step in progress
         self._feeding = False  # this step's curvature u feeds the look-ahead
-        self._u_spare: list[torch.Tensor] | None = None  # a free buffer for u (the last u, once added into Z)
+        self._u_spare: list[torch.Tensor] | None = None  # a free buffer for u (the last u once added into Z, or Z)
         self._u_acc: list[torch.Tensor] | None = None  # this step's curvature, accumulated over micro-batches
         self._sums: torch.Tensor | None = None  # [l_V, h_V.w, l_B', g'.w] of the hyper-step in progress
         self._heldout: HeldoutStream | None = None
@@ -217,8 +217,9 @@ class LETSTrainer(Trainer):
         d = self.direction(params, grads, eta=self.args.asam_eta) if finite else None
         if self._look is not None and finite:
             torch._foreach_add_(self._look, grads, alpha=1.0 / n_accum)
-        if self._feeding and finite:
-            self._accumulate_curvature(grads, d, n_accum)
+        if self._feeding and finite and self.args.lets_hvp != "exact":  # exact: its own pass, `_accumulate_hvp`
+            secant = self.args.lets_hvp == "secant"
+            self._accumulate_curvature(grads if secant else fisher_curvature(grads, d), n_accum)
         del grads
         for p, a in zip(params, accumulated):
             p.grad = a
@@ -284,7 +285,7 @@ class LETSTrainer(Trainer):
             self._theta = copy_into(self._theta, params)
             if self.args.sam_reuse == "looksam" and self.args.sam_every > 1:
                 self._look = zeros_into(self._look, params)
-        pending, self._pending, self._u_spare = self._pending, None, None
+        pending, self._pending = self._pending, None
         trace = self.args.lets_horizon == "trace"  # Z is d theta / d log rho, kept across hyper-steps
         if pending is not None and not self.accelerator.optimizer_step_was_skipped:
             optimizer = getattr(self.optimizer, "optimizer", self.optimizer)
@@ -297,7 +298,7 @@ class LETSTrainer(Trainer):
             self._lookahead = lookahead_add_(
                 self._lookahead, pending.u, params, optimizer, lrs, pending.clip_coef, scale=scale, decay=decay
             )
-            self._u_spare = None if self._lookahead is pending.u else pending.u  # added into Z: free for this u
+            self._u_spare = pending.u if self._lookahead is not pending.u else self._u_spare  # in Z: free for u
         step, interval = self.state.global_step, self.args.lets_interval
         if self._lookahead is not None and (step - 1) % interval == 0:
             # trace: _w aliases Z; this step's dots read it before the next step adds into it
@@ -311,19 +312,18 @@ class LETSTrainer(Trainer):
         loss, grads = self._gradient(model, self._prepare_inputs(self._heldout_stream().next()), params)
         return torch.stack([loss.detach().double(), dot(grads, w) * self._inv_scale()])
 
-    def _accumulate_curvature(self, grads, d, n_accum: int) -> None:
-        """Add this micro-batch's share to the curvature buffer: ``g`` (secant) or ``g*g*d`` (fisher); the step's
-        first share is copied into the spare buffer (`accumulate_`)."""
-        if self.args.lets_hvp != "exact":  # exact: its own pass, `_accumulate_hvp`
-            share = grads if self.args.lets_hvp == "secant" else fisher_curvature(grads, d)
-            self._u_acc = accumulate_(self._u_acc, share, 1.0 / n_accum, self._u_spare)
-
     def _accumulate_hvp(self, model, inputs, params, d, n_accum: int) -> None:
         """``exact``: ``H(theta + eps) d`` by double backward, in an extra pass on the unwrapped model."""
         unwrapped = self.accelerator.unwrap_model(model, keep_fp32_wrapper=True)
         with self.compute_loss_context_manager():
             loss = self.compute_loss(unwrapped, dict(inputs))
-        self._u_acc = accumulate_(self._u_acc, hessian_vector_product(loss, params, d), 1.0 / n_accum, self._u_spare)
+        self._accumulate_curvature(hessian_vector_product(loss, params, d), n_accum)
+
+    def _accumulate_curvature(self, share, n_accum: int) -> None:
+        """Add this micro-batch's share to the curvature buffer: ``g`` (secant), ``g*g*d`` (fisher) or ``H d``
+        (exact); the step's first share is copied into the spare buffer (`accumulate_`), which is then taken."""
+        self._u_acc = accumulate_(self._u_acc, share, 1.0 / n_accum, self._u_spare)
+        self._u_spare = None if self._u_acc is self._u_spare else self._u_spare
 
     def _end_optimizer_step(self, params) -> None:
         """After the last micro-batch: the radius step of the hyper-step in progress, then u for the next one."""
@@ -332,6 +332,8 @@ class LETSTrainer(Trainer):
             if not self._perturb:  # a plain step's g'^T w: its own gradient, before a LookSAM term joins it
                 self._sums[3] = dot(grads_of(params), self._w) * self._inv_scale()
             self._radius_step()
+            if self.args.lets_horizon != "trace":  # Z is spent: the next u goes into it (no buffer is mapped anew)
+                self._u_spare = self._w
             self._w = self._sums = None
         if self._u_acc is not None:  # None: not a feeding step, or every ascent overflowed (fp16)
             self._pending = self._form_curvature(params, rho)

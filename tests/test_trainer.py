@@ -408,3 +408,28 @@ def test_lets_with_a_pinned_radius_trains_exactly_like_fixed_sam(base_args):
     assert len(pinned.lets_history) == 4 and pinned.rho == pytest.approx(0.05)
     for name in p_fixed:
         torch.testing.assert_close(p_pinned[name], p_fixed[name], rtol=0, atol=1e-7, msg=name)
+
+
+class BufferWatch(LETSTrainer):
+    """Holds every look-ahead and curvature buffer it sees (so no address is reused), to count them."""
+
+    def _end_optimizer_step(self, params):
+        super()._end_optimizer_step(params)
+        self.seen = getattr(self, "seen", [])
+        for buffer in (self._lookahead, self._pending and self._pending.u, self._u_spare):
+            if buffer is not None and all(b is not buffer[0] for b in self.seen):
+                self.seen.append(buffer[0])
+
+
+@pytest.mark.parametrize("horizon, buffers", [("interval", 2), ("step", 1)])
+def test_the_look_ahead_and_curvature_buffers_are_reused_across_windows(base_args, horizon, buffers):
+    """After a hyper-step its look-ahead Z is spent and takes the next u: a run of 5 windows keeps the same buffers
+    (Z and u: 2; one u with lets_horizon='step'), where a freed Z and a fresh u every window cost a CPU page faults
+    on a parameter-sized allocation (docs/algorithm.md, "What LETS costs")."""
+    args = LETSTrainingArguments(
+        **base_args, max_steps=11, per_device_train_batch_size=4, lets_interval=2, lets_horizon=horizon
+    )
+    trainer = BufferWatch(model=tiny_bert(), args=args, train_dataset=token_data(60), lets_dataset=token_data(8, 1))
+    trainer.train()
+    assert len(trainer.lets_history) == 5
+    assert len(trainer.seen) == buffers
