@@ -4,7 +4,10 @@ Every method trains the same model from the same weights on the same batches, on
 one untimed block that warms the process up, the methods are interleaved (A B C ... A B C ...), each block a fresh
 `train()` of ``warmup + window`` steps; a block's time is the mean over its last ``window`` optimizer steps (so a
 hyper-step every ``lets_interval`` steps is amortised, not hidden by a median), and a method's time is the median
-over ``repeats`` blocks. Peak memory is the peak RSS of a separate process per method on CPU, or
+over ``repeats`` blocks. The timing process keeps the memory it frees for reuse (`keep_freed_memory`; ``--allocator
+system`` for glibc's defaults). A LETS row's ``/ SAM paired`` is ``1 / (1 - own share)``, the share of its steps'
+time spent in LETS's own work, timed inside the same steps (`StepTimer`): on a host whose speed comes in bursts it
+resolves what blocks minutes apart cannot. Peak memory is the peak RSS of a separate process per method on CPU, or
 ``torch.cuda.max_memory_allocated`` on CUDA, also expressed as parameter-sized buffers over ERM.
 Floors: SAM/ERM = 2 (two passes), LETS = SAM x (1 + 1/(2 x lets_interval)); with ``sam_every = k`` one step in k
 takes two passes and the others one, so (k + 1) / k of ERM, plus 1 / lets_interval with LETS.
@@ -13,9 +16,12 @@ takes two passes and the others one, so (k + 1) / k of ERM, plus 1 / lets_interv
 from __future__ import annotations
 
 import argparse
+import ctypes
+import functools
 import json
 import math
 import os
+import platform
 import resource
 import statistics
 import subprocess
@@ -26,6 +32,7 @@ import torch
 from transformers import AutoModelForSequenceClassification, BertConfig, BertForSequenceClassification, TrainerCallback
 
 from lets_hf import LETSTrainer, LETSTrainingArguments
+from lets_hf import trainer as lets_trainer_module
 
 from .report import atomic_write_text
 from .run_glue import resolve_model_path
@@ -88,29 +95,85 @@ def make_data(n: int, seq: int, vocab: int, seed: int) -> list[dict]:
     ]
 
 
+def keep_freed_memory() -> bool:
+    """Have glibc keep the memory a process frees for its next allocations (``mallopt``: no ``mmap`` for large
+    blocks, no trimming of the heap below 2 GiB of free space at its top), as PyTorch's CUDA caching allocator and
+    jemalloc do. Returns False (and changes nothing) off glibc.
+
+    Why the timing process does this: with glibc's defaults a CPU step maps part of its memory afresh and pays a page
+    fault per 4 KiB, and how much depends on where the heap's free blocks happen to lie, not on the method: the same
+    SAM block faulted 50k or 88k times a step on MiniLM, LETS-SAM 76k-142k (docs/results.md section 7, "What the
+    allocator costs"), which is more noise than the 5% a held-out pass every 10 steps costs. Kept, the faults are
+    gone and the methods differ by their work. ``--allocator system`` measures glibc's defaults."""
+    if sys.platform != "linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    libc = ctypes.CDLL("libc.so.6")
+    m_trim_threshold, m_mmap_max = -1, -4  # malloc.h
+    return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2**31 - 1))
+
+
+# What a LETSTrainer does that SAM does not: the held-out pass, the look-ahead's update (`lookahead_add_`), the
+# curvature buffer and its secant, the radius step. Everything else in its step is SAM's work.
+LETS_OWN_WORK = ("_heldout_pass", "_accumulate_curvature", "_form_curvature", "_radius_step")
+
+
 class StepTimer(TrainerCallback):
     """Wall time of each optimizer step, from its first micro-batch to after the optimizer and scheduler, and the
-    process's minor page faults in it (on CPU the cost of fresh memory shows there, not in any one kernel)."""
+    process's minor page faults in it (on CPU the cost of fresh memory shows there, not in any one kernel); for a
+    LETSTrainer it `watch`es, also the seconds of each step spent in LETS's own work (``own``).
+
+    The own time pairs LETS with SAM inside one step: ``1 / (1 - own share)`` is LETS-SAM over SAM with both halves
+    timed under the same load, where two blocks minutes apart differ by the host's bursts (docs/results.md section
+    7). It leaves out what LETS costs SAM's own work indirectly (page faults, caches); the side-by-side ratio
+    keeps that."""
 
     def __init__(self):
         self.times: list[float] = []
         self.faults: list[int] = []
-        self._start, self._faults = 0.0, 0
+        self.own: list[float] = []
+        self._start, self._faults, self._own = 0.0, 0, 0.0
+        self._watching = None
+
+    def watch(self, trainer: LETSTrainer) -> None:
+        """Time ``LETS_OWN_WORK`` on this trainer and `lookahead_add_` until the end of its training."""
+        for name in LETS_OWN_WORK:
+            setattr(trainer, name, self._timed(getattr(trainer, name)))
+        self._watching = lets_trainer_module.lookahead_add_
+        lets_trainer_module.lookahead_add_ = self._timed(self._watching)
+
+    def _timed(self, fn):
+        @functools.wraps(fn)
+        def timed(*args, **kwargs):
+            _sync()
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                _sync()
+                self._own += time.perf_counter() - start
+
+        return timed
 
     def on_step_begin(self, args, state, control, **kwargs):
-        self._sync(args)
+        _sync()
         self._faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-        self._start = time.perf_counter()
+        self._start, self._own = time.perf_counter(), 0.0
 
     def on_step_end(self, args, state, control, **kwargs):
-        self._sync(args)
+        _sync()
         self.times.append(time.perf_counter() - self._start)
         self.faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - self._faults)
+        if self._watching is not None:
+            self.own.append(self._own)
 
-    @staticmethod
-    def _sync(args):
-        if torch.cuda.is_available() and not args.use_cpu:
-            torch.cuda.synchronize()
+    def on_train_end(self, args, state, control, **kwargs):
+        if self._watching is not None:
+            lets_trainer_module.lookahead_add_ = self._watching
+
+
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
 
 
 def train_block(
@@ -144,14 +207,15 @@ def train_block(
         args = LETSTrainingArguments(**common, **settings)
         heldout = heldout if args.lets else None
         trainer = LETSTrainer(model=model, args=args, train_dataset=train, lets_dataset=heldout, callbacks=callbacks)
+        if timer is not None and args.lets:
+            timer.watch(trainer)
     trainer.train()
     return model
 
 
-def measure_times(
-    methods: list[str], opts: argparse.Namespace
-) -> tuple[dict[str, list[list[float]]], dict[str, list[list[int]]]]:
-    """Seconds and minor page faults of each timed optimizer step, one list per block (repeat), methods interleaved.
+def measure_times(methods: list[str], opts: argparse.Namespace) -> tuple[dict, dict, dict]:
+    """Seconds, minor page faults and (LETS only) seconds of LETS's own work of each timed optimizer step, one list
+    per block (repeat), methods interleaved.
 
     One untimed block of the first method runs first: the process's first block is slower than any later one
     (likely allocator and thread-pool warm-up; on BERT-base ERM's first block ran 11% slower than its second in two
@@ -160,15 +224,18 @@ def measure_times(
     train_block(methods[0], opts, opts.warmup + opts.window)
     blocks: dict[str, list[list[float]]] = {m: [] for m in methods}
     faults: dict[str, list[list[int]]] = {m: [] for m in methods}
+    own: dict[str, list[list[float]]] = {m: [] for m in methods}
     for repeat in range(opts.repeats):
         for method in methods:
             timer = StepTimer()
             train_block(method, opts, opts.warmup + opts.window, timer)
             blocks[method].append(timer.times[opts.warmup :])
             faults[method].append(timer.faults[opts.warmup :])
+            if timer.own:
+                own[method].append(timer.own[opts.warmup :])
             mean = statistics.fmean(blocks[method][-1])
             print(f"  repeat {repeat + 1}/{opts.repeats} {method:16s} {mean:.3f} s/step", flush=True)
-    return blocks, faults
+    return blocks, faults, own
 
 
 def measure_memory(method: str, opts: argparse.Namespace) -> float:
@@ -233,11 +300,14 @@ def report(
     n_params: int,
     opts,
     faults: dict[str, list[list[int]]],
+    own: dict[str, list[list[float]]] | None = None,
 ) -> tuple[list[dict], str]:
     """One row per method, and the Markdown table. A ``--memory-only`` run has no timings, so its table has none.
 
     A method's time is the median over blocks of the block's mean step time; every step's time and page-fault count
-    is kept in the row (``step_times``, ``step_faults``), so a hyper-step's own cost can be read off.
+    is kept in the row (``step_times``, ``step_faults``), so a hyper-step's own cost can be read off. A LETS row
+    also has ``own_share``, the median over blocks of the share of its steps' time spent in LETS's own work
+    (`StepTimer`), and ``paired_vs_sam = 1 / (1 - own_share)``.
     """
     timed = not opts.memory_only
     means = {m: [statistics.fmean(b) for b in steps] for m, steps in blocks.items()} if timed else {}
@@ -250,8 +320,11 @@ def report(
     )
     memory_columns = "peak MB | extra buffers vs ERM |"
     if timed:
-        setting += f"{opts.repeats} repeats of {opts.warmup}+{opts.window} steps."
-        header = f"| method | s/step (median) | spread | / ERM | floor | / SAM | floor | {memory_columns}"
+        setting += f"{opts.repeats} repeats of {opts.warmup}+{opts.window} steps, "
+        setting += "freed memory kept for reuse." if opts.kept else "the system allocator's defaults."
+        header = (
+            f"| method | s/step (median) | spread | / ERM | floor | / SAM | floor | / SAM paired | {memory_columns}"
+        )
     else:
         setting += "peak memory of 2 training steps per method (no timing)."
         header = f"| method | {memory_columns}"
@@ -269,6 +342,10 @@ def report(
             continue
         times = means[method]
         t = statistics.median(times)
+        if (own or {}).get(method):
+            shares = [sum(o) / sum(b) for o, b in zip(own[method], blocks[method])]
+            row.update(own_step_seconds=own[method], own_share=statistics.median(shares))
+            row["paired_vs_sam"] = 1 / (1 - row["own_share"])
         row.update(
             seconds_per_step=t,
             all_blocks=times,
@@ -281,7 +358,8 @@ def report(
         rows.append(row)
         lines.append(
             f"| {method} | {t:.3f} | {min(times):.3f}-{max(times):.3f} | {fmt(row['ratio_vs_erm'])} | "
-            f"{fmt(row['floor_vs_erm'])} | {fmt(row['ratio_vs_sam'])} | {fmt(row['floor_vs_sam'])} | {peak}"
+            f"{fmt(row['floor_vs_erm'])} | {fmt(row['ratio_vs_sam'])} | {fmt(row['floor_vs_sam'])} | "
+            f"{fmt(row.get('paired_vs_sam'), 3)} | {peak}"
         )
     return rows, "\n".join(lines)
 
@@ -313,6 +391,13 @@ def parse(argv=None) -> argparse.Namespace:
         default=None,
         metavar="METHOD",
         help="instead of timing: profile these methods' steps with torch.profiler and print the top ops",
+    )
+    p.add_argument(
+        "--allocator",
+        choices=["keep", "system"],
+        default="keep",
+        help="keep: the timing process keeps freed memory for reuse (glibc's mallopt, `keep_freed_memory`), so page "
+        "faults do not drown the methods' difference; system: glibc's defaults. Peak memory always uses the defaults",
     )
     p.add_argument("--memory-worker", default=None, help=argparse.SUPPRESS)
     opts = p.parse_args(argv)
@@ -346,15 +431,16 @@ def main(argv=None) -> list[dict]:
             profile(method, opts)
         return []
     methods = ["erm", *[m for m in opts.methods if m != "erm"]]
+    opts.kept = opts.allocator == "keep" and not opts.memory_only and keep_freed_memory()
     n_params = sum(p.numel() for p in build_model(opts.model).parameters() if p.requires_grad)
-    blocks, faults = ({m: [] for m in methods}, {}) if opts.memory_only else measure_times(methods, opts)
+    blocks, faults, own = ({m: [] for m in methods}, {}, {}) if opts.memory_only else measure_times(methods, opts)
     memory = {} if opts.no_memory else {m: measure_memory(m, opts) for m in methods}
-    rows, table = report(blocks, memory, n_params, opts, faults)
+    rows, table = report(blocks, memory, n_params, opts, faults, own)
     command = "python -m glue_runs.bench_speed " + " ".join(sys.argv[1:] if argv is None else argv)
     print(f"\n{table}\n\nCommand: `{command}`")
     if opts.out:
         atomic_write_text(f"{opts.out}.md", f"{table}\n\nCommand: `{command}`\n")
-        summary = {"command": command, "model": opts.model, "n_params": n_params, "rows": rows}
+        summary = {"command": command, "model": opts.model, "n_params": n_params, "kept": opts.kept, "rows": rows}
         atomic_write_text(f"{opts.out}.json", json.dumps(summary, indent=2))
     return rows
 

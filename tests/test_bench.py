@@ -1,11 +1,16 @@
 """The benchmark script runs end to end on a tiny model (so it cannot rot); its numbers come from real runs."""
 
 import json
+import platform
+import subprocess
+import sys
 
 import pytest
 
 from glue_runs import bench_speed
 from glue_runs.bench_speed import floors, main, measure_times, parse
+from lets_hf import trainer as lets_trainer_module
+from lets_hf.hypergradient import lookahead_add_
 
 
 def test_bench_speed_runs_and_reports(tmp_path):
@@ -31,11 +36,22 @@ def test_bench_speed_runs_and_reports(tmp_path):
             str(out),
             "--scratch",
             str(tmp_path / "scratch"),
+            "--allocator",
+            "system",  # keeping freed memory would hold for the rest of this test process
         ]
     )
     by_name = {r["method"]: r for r in rows}
     assert list(by_name) == ["erm", "sam", "lets-sam-i1"]
     assert all(len(r["all_blocks"]) == 2 and r["seconds_per_step"] > 0 for r in rows)
+    lets = by_name["lets-sam-i1"]  # a held-out pass every step: LETS's own work is in every timed step
+    assert all(
+        0 < o < t for own, times in zip(lets["own_step_seconds"], lets["step_times"]) for o, t in zip(own, times)
+    )
+    shares = [sum(o) / sum(t) for o, t in zip(lets["own_step_seconds"], lets["step_times"])]
+    assert lets["own_share"] == pytest.approx(sorted(shares)[0] / 2 + sorted(shares)[1] / 2)
+    assert lets["paired_vs_sam"] == pytest.approx(1 / (1 - lets["own_share"]))
+    assert "own_share" not in by_name["sam"]
+    assert lets_trainer_module.lookahead_add_ is lookahead_add_  # the timer put it back
     for r in rows:  # every timed step is kept; a block's time is the mean of its window
         assert [len(block) for block in r["step_times"]] == [2, 2]
         assert r["all_blocks"] == pytest.approx([sum(block) / 2 for block in r["step_times"]])
@@ -44,8 +60,44 @@ def test_bench_speed_runs_and_reports(tmp_path):
     assert by_name["erm"]["ratio_vs_erm"] == 1.0 and by_name["sam"]["ratio_vs_sam"] == 1.0
     assert all(r["peak_memory_bytes"] > 10 * 2**20 for r in rows)  # a real process's RSS
     saved = json.loads((tmp_path / "bench.json").read_text())
-    assert [r["method"] for r in saved["rows"]] == ["erm", "sam", "lets-sam-i1"]
+    assert [r["method"] for r in saved["rows"]] == ["erm", "sam", "lets-sam-i1"] and saved["kept"] is False
     assert "| lets-sam-i1 |" in (tmp_path / "bench.md").read_text()
+    assert "the system allocator's defaults" in (tmp_path / "bench.md").read_text()
+
+
+REUSE_PROBE = """
+import resource, sys, torch
+from glue_runs.bench_speed import keep_freed_memory
+applied = keep_freed_memory() if sys.argv[1] == "keep" else None
+faults = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+counts = []
+for step in range(10):  # a step's transient memory (36-48 MB blocks, as MiniLM's embedding gradient), then freed
+    before = faults()
+    held = [torch.empty(n).fill_(1.0) for n in [12_000_000, 9_000_000, 10_000_000]]
+    del held
+    counts.append(faults() - before)
+print(applied, *counts)
+"""
+
+
+def test_kept_memory_is_reused_without_page_faults():
+    """A step's worth of transient tensors (124 MB), freed and allocated again: with glibc's defaults a block above
+    its largest mmap threshold (32 MiB) is mapped afresh, so every step faults all of it in (30k pages); kept
+    (`keep_freed_memory`, the timing process's default), the first steps do. In a child process: the setting lasts
+    for the process."""
+    runs = {}
+    for mode in ("keep", "system"):
+        out = subprocess.run([sys.executable, "-c", REUSE_PROBE, mode], capture_output=True, text=True, check=True)
+        applied, *counts = out.stdout.split()
+        runs[mode] = (applied, [int(c) for c in counts])
+    if platform.libc_ver()[0] != "glibc":  # nothing to set: the function says so
+        assert runs["keep"][0] == "False"
+        return
+    assert runs["keep"][0] == "True"
+    keep, system = runs["keep"][1], runs["system"][1]
+    assert min(system) > 0.9 * 124e6 / 4096  # every step maps all of it afresh
+    assert sum(keep[1:]) < 0.25 * sum(system[1:]) and sum(keep[5:]) < 1_000  # kept: soon nothing new at all
+    assert runs["keep"][1][0] > 20_000  # the first step faults either way (the probe does touch its memory)
 
 
 def test_a_warm_up_block_runs_first_and_is_not_timed(monkeypatch):
@@ -57,13 +109,15 @@ def test_a_warm_up_block_runs_first_and_is_not_timed(monkeypatch):
         if timer is not None:
             timer.times = [float(len(calls))] * steps  # distinct per block, so a stray block would show
             timer.faults = [len(calls)] * steps
+            timer.own = [0.5] * steps if method == "lets-sam" else []
 
     monkeypatch.setattr(bench_speed, "train_block", fake_train_block)
-    opts = parse(["--warmup", "1", "--window", "2", "--repeats", "2", "--methods", "erm", "sam"])
-    blocks, faults = measure_times(["erm", "sam"], opts)
-    assert calls == [("erm", 3, False), ("erm", 3, True), ("sam", 3, True), ("erm", 3, True), ("sam", 3, True)]
-    assert blocks == {"erm": [[2.0, 2.0], [4.0, 4.0]], "sam": [[3.0, 3.0], [5.0, 5.0]]}
-    assert faults == {"erm": [[2, 2], [4, 4]], "sam": [[3, 3], [5, 5]]}
+    opts = parse(["--warmup", "1", "--window", "10", "--repeats", "2", "--methods", "erm", "lets-sam"])
+    blocks, faults, own = measure_times(["erm", "lets-sam"], opts)
+    assert calls == [("erm", 11, False)] + [("erm", 11, True), ("lets-sam", 11, True)] * 2
+    assert blocks == {"erm": [[2.0] * 10, [4.0] * 10], "lets-sam": [[3.0] * 10, [5.0] * 10]}
+    assert faults == {"erm": [[2] * 10, [4] * 10], "lets-sam": [[3] * 10, [5] * 10]}
+    assert own == {"erm": [], "lets-sam": [[0.5] * 10] * 2}
 
 
 def test_floors_follow_lets_md():
