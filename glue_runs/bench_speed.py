@@ -101,9 +101,10 @@ def keep_freed_memory() -> bool:
     jemalloc do. Returns False (and changes nothing) off glibc.
 
     Why the timing process does this: with glibc's defaults a CPU step maps part of its memory afresh and pays a page
-    fault per 4 KiB, and how much depends on where the heap's free blocks happen to lie, not on the method: the same
-    SAM block faulted 50k or 88k times a step on MiniLM, LETS-SAM 76k-142k (docs/results.md section 7, "What the
-    allocator costs"), which is more noise than the 5% a held-out pass every 10 steps costs. Kept, the faults are
+    fault per 4 KiB, and how much depends on where the heap's free blocks happen to lie, not on the method: SAM's
+    blocks faulted 25k-90k times a step on MiniLM, LETS-SAM's 69k-112k (docs/bench/minilm_copy.json and
+    minilm_i20.json; docs/results.md section 7, "What the CPU's allocator costs"), more noise than the 5% a held-out
+    pass every 10 steps costs. Kept, the faults are
     gone and the methods differ by their work. ``--allocator system`` measures glibc's defaults."""
     if sys.platform != "linux" or platform.libc_ver()[0] != "glibc":
         return False
@@ -113,7 +114,8 @@ def keep_freed_memory() -> bool:
 
 
 # What a LETSTrainer does that SAM does not: the held-out pass, the look-ahead's update (`lookahead_add_`), the
-# curvature buffer and its secant, the radius step. Everything else in its step is SAM's work.
+# curvature buffer and its secant, the radius step. Everything else in its step is SAM's work, except the two dot
+# products with Z on a hyper-step (one pass each, once per window: left untimed).
 LETS_OWN_WORK = ("_heldout_pass", "_accumulate_curvature", "_form_curvature", "_radius_step")
 
 

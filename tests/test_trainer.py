@@ -413,9 +413,12 @@ def test_lets_with_a_pinned_radius_trains_exactly_like_fixed_sam(base_args):
 class BufferWatch(LETSTrainer):
     """Holds every look-ahead and curvature buffer it sees (so no address is reused), to count them."""
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.seen: list = []
+
     def _end_optimizer_step(self, params):
         super()._end_optimizer_step(params)
-        self.seen = getattr(self, "seen", [])
         for buffer in (self._lookahead, self._pending and self._pending.u, self._u_spare):
             if buffer is not None and all(b is not buffer[0] for b in self.seen):
                 self.seen.append(buffer[0])
@@ -424,8 +427,8 @@ class BufferWatch(LETSTrainer):
 @pytest.mark.parametrize("horizon, buffers", [("interval", 2), ("step", 1)])
 def test_the_look_ahead_and_curvature_buffers_are_reused_across_windows(base_args, horizon, buffers):
     """After a hyper-step its look-ahead Z is spent and takes the next u: a run of 5 windows keeps the same buffers
-    (Z and u: 2; one u with lets_horizon='step'), where a freed Z and a fresh u every window cost a CPU page faults
-    on a parameter-sized allocation (docs/algorithm.md, "What LETS costs")."""
+    (Z and u: 2; one u with lets_horizon='step'), where a freed Z and a fresh u every window made a CPU fault in a
+    parameter-sized allocation anew (docs/algorithm.md, "The horizon")."""
     args = LETSTrainingArguments(
         **base_args, max_steps=11, per_device_train_batch_size=4, lets_interval=2, lets_horizon=horizon
     )
