@@ -49,7 +49,9 @@ def load_lets_state(folder: str, device: torch.device) -> tuple[dict, dict[str, 
     none), or None when it holds no LETS state.
 
     The tensors are read on the CPU and then moved: safetensors rejects an indexed CPU device (``cpu:1``), which is
-    what ``TrainingArguments.device`` is on a CPU DDP rank."""
+    what ``TrainingArguments.device`` is on a CPU DDP rank. Each is copied into memory of its own: safetensors' tensors
+    share one buffer at offsets that need not be 64-byte aligned, and a CPU's vectorised dot product rounds its last
+    bits by alignment, so a resumed run's hypergradients would differ from the uninterrupted run's in the 7th digit."""
     path = os.path.join(folder, LETS_STATE_NAME)
     if not os.path.isfile(path):
         return None
@@ -60,7 +62,7 @@ def load_lets_state(folder: str, device: torch.device) -> tuple[dict, dict[str, 
         tensors = load_file(os.path.join(folder, LETS_CURVATURE_NAME))
         for name in sorted({key.split(".")[0] for key in tensors}):
             count = sum(key.startswith(f"{name}.") for key in tensors)
-            buffers[name] = [tensors[f"{name}.{i}"].to(device) for i in range(count)]
+            buffers[name] = [tensors[f"{name}.{i}"].to(device, copy=True) for i in range(count)]
     return state, buffers
 
 

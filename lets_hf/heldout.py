@@ -174,7 +174,10 @@ class HeldoutStream:
         # Starting a DataLoader iterator draws a seed from the global torch RNG, and a resumed run starts this one at
         # another point than an uninterrupted run does: fork the RNG so the draw leaves no trace on dropout masks.
         with torch.random.fork_rng(devices=[]):
-            self.sampler.set_epoch(self.epoch)
+            # accelerate's prepared loaders set their sampler's epoch from a counter of their own at every iter(),
+            # which restarts at 0 in a resumed process: set it too, or the replay follows epoch 0's permutation.
+            set_epoch = getattr(self.dataloader, "set_epoch", self.sampler.set_epoch)
+            set_epoch(self.epoch)
             self._iterator = iter(self.dataloader)
             for _ in range(self.position):  # replay after a resume; costs only data loading
                 next(self._iterator)
