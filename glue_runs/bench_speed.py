@@ -291,7 +291,7 @@ def floors(method: str, batch: int = 32) -> dict[str, float | None]:
         return {"floor_vs_erm": None, "floor_vs_sam": None}
     k = settings.get("sam_every", 1)
     args = method_args(method, batch)
-    heldout = args.lets_batch_size / batch / args.lets_interval if args else 0.0  # in training passes per step
+    heldout = args.heldout_batch_size / batch / args.lets_interval if args else 0.0  # in training passes per step
     passes = (k + 1) / k + heldout  # ERM's step: one pass
     return {"floor_vs_erm": passes, "floor_vs_sam": passes / 2}
 

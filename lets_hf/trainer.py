@@ -159,6 +159,18 @@ class LETSTrainer(Trainer):
         self._reset_lets_state()
         return super().train(*args, **kwargs)
 
+    def _hp_search_setup(self, trial: Any) -> None:
+        """`Trainer._hp_search_setup` sets a trial's values on ``self.args`` after `train` reset the radius: check
+        them as at construction, and start this trial's radius, bounds, direction and guard from them."""
+        super()._hp_search_setup(trial)
+        if trial is None or self.hp_search_backend is None:
+            return
+        self.args.validate_sam_and_lets()
+        self.direction = None if self.args.sam_variant == "none" else get_perturbation(self.args.sam_variant)
+        lets_guarded = self.args.lets and self.args.lets_guard_tolerance
+        self._label_prior = self._constant_predictor_loss() if lets_guarded else None
+        self._reset_lets_state()
+
     @property
     def rho(self) -> float:
         """The current perturbation radius."""
@@ -379,8 +391,8 @@ class LETSTrainer(Trainer):
             lr=self.radius_lr,
             optimizer=args.lets_optimizer,
             clip=args.lets_clip,
-            rho_min=args.lets_rho_min,
-            rho_max=args.lets_rho_max,
+            rho_min=args.rho_bounds[0],
+            rho_max=args.rho_bounds[1],
         )
         if message:
             logger.warning("LETS loss guard at step %d: %s", self.state.global_step, message)
@@ -413,7 +425,8 @@ class LETSTrainer(Trainer):
     def _heldout_stream(self) -> HeldoutStream:
         """The held-out batches, built on first use (after a resume, from the checkpoint's point)."""
         if self._heldout is None:
-            loader = functools.partial(self._get_dataloader, description="lets", batch_size=self.args.lets_batch_size)
+            batch_size = self.args.heldout_batch_size
+            loader = functools.partial(self._get_dataloader, description="lets", batch_size=batch_size)
             self._heldout = HeldoutStream.from_dataset(loader, self.lets_dataset, self.args.seed, self._heldout_resume)
         return self._heldout
 

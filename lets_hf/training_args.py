@@ -232,12 +232,28 @@ class LETSTrainingArguments(TrainingArguments):
             raise NotImplementedError(_BACKEND_MESSAGE.format(backend="DeepSpeed"))
         if self.fsdp:
             raise NotImplementedError(_BACKEND_MESSAGE.format(backend="FSDP"))
-        self._validate_sam_and_lets()
+        self.validate_sam_and_lets()
         super().__post_init__()
-        if self.lets_batch_size is None:
-            self.lets_batch_size = self.per_device_train_batch_size
 
-    def _validate_sam_and_lets(self) -> None:
+    @property
+    def rho_bounds(self) -> tuple[float, float]:
+        """``(lets_rho_min, lets_rho_max)`` with the defaults filled in from the *current* ``sam_rho``.
+
+        Resolved on every read rather than once at construction, so that a hyperparameter-search trial that sets
+        ``sam_rho`` gets its own bounds (`LETSTrainer._hp_search_setup`)."""
+        low = self.sam_rho / 100 if self.lets_rho_min is None else self.lets_rho_min
+        high = self.sam_rho * 10 if self.lets_rho_max is None else self.lets_rho_max
+        return low, high
+
+    @property
+    def heldout_batch_size(self) -> int:
+        """The held-out loader's per-device batch: ``lets_batch_size``, by default ``per_device_train_batch_size``
+        (read now, so a trial that changes the training batch changes this one too)."""
+        return self.lets_batch_size if self.lets_batch_size is not None else self.per_device_train_batch_size
+
+    def validate_sam_and_lets(self) -> None:
+        """Check the SAM and LETS fields (raises ValueError naming the field and the fix). Run at construction, and
+        again by `LETSTrainer` after a hyperparameter-search trial has set its values."""
         self.sam_variant = self.sam_variant.lower()
         if self.sam_variant not in available_perturbations():
             raise ValueError(
@@ -312,19 +328,13 @@ class LETSTrainingArguments(TrainingArguments):
             self.sam_rho > 0,
             "lets=True learns log(rho), so it needs sam_rho > 0 (e.g. 0.05); use lets=False for a fixed radius of 0.",
         )
-        if self.lets_rho_min is None:
-            self.lets_rho_min = self.sam_rho / 100
-        if self.lets_rho_max is None:
-            self.lets_rho_max = self.sam_rho * 10
-        _require(self.lets_rho_min > 0, f"lets_rho_min={self.lets_rho_min} must be > 0 (rho is learned in log space).")
+        low, high = self.rho_bounds
+        _require(low > 0, f"lets_rho_min={low} must be > 0 (rho is learned in log space).")
+        _require(low <= high, f"lets_rho_min={low} > lets_rho_max={high}: swap them or widen the range.")
         _require(
-            self.lets_rho_min <= self.lets_rho_max,
-            f"lets_rho_min={self.lets_rho_min} > lets_rho_max={self.lets_rho_max}: swap them or widen the range.",
-        )
-        _require(
-            self.lets_rho_min <= self.sam_rho <= self.lets_rho_max,
-            f"sam_rho={self.sam_rho} lies outside [lets_rho_min, lets_rho_max] = "
-            f"[{self.lets_rho_min}, {self.lets_rho_max}]: the initial radius must be inside the bounds.",
+            low <= self.sam_rho <= high,
+            f"sam_rho={self.sam_rho} lies outside [lets_rho_min, lets_rho_max] = [{low}, {high}]: the initial "
+            "radius must be inside the bounds.",
         )
 
 

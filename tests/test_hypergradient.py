@@ -418,9 +418,10 @@ def test_a_short_run_cannot_send_rho_to_a_bound(base_args, hvp):
     assert len(trainer.lets_history) == 1 and trainer.lets_history[0]["hypergradient"] != 0
     moved = abs(math.log(trainer.rho / 0.1))
     assert moved == pytest.approx(math.log(args.lets_travel) / MIN_HYPER_STEPS, rel=1e-3)  # one full step, no more
-    assert 0.1 * math.exp(2 * moved) < args.lets_rho_max and 0.1 * math.exp(-4 * moved) > args.lets_rho_min
+    rho_min, rho_max = args.rho_bounds
+    assert 0.1 * math.exp(2 * moved) < rho_max and 0.1 * math.exp(-4 * moved) > rho_min
     unfloored = radius_lr(args.lets_travel, 6, 5) * MIN_HYPER_STEPS  # what H = max(1, 6 // 5) = 1 gives
-    assert unfloored == pytest.approx(math.log(args.lets_travel)) and math.exp(unfloored) * 0.1 >= args.lets_rho_max
+    assert unfloored == pytest.approx(math.log(args.lets_travel)) and math.exp(unfloored) * 0.1 >= rho_max
 
 
 def test_exact_hvp_through_an_attention_kernel_without_double_backward_says_what_to_do(base_args):

@@ -46,8 +46,8 @@ def test_invalid_settings_are_refused_with_the_fix(tmp_path, kw, match):
 
 def test_defaults_let_the_radius_travel(tmp_path):
     args = LETSTrainingArguments(output_dir=str(tmp_path), sam_rho=0.1, per_device_train_batch_size=16)
-    assert (args.lets_rho_min, args.lets_rho_max) == pytest.approx((0.001, 1.0))  # two decades down, one up
-    assert args.lets_batch_size == 16 and args.lets and args.lets_interval == 10
+    assert args.rho_bounds == pytest.approx((0.001, 1.0))  # two decades down, one up
+    assert args.heldout_batch_size == 16 and args.lets and args.lets_interval == 10
     assert args.lets_lr is None and args.lets_travel == 1e4  # lets_lr follows the run's length (radius_lr)
     # the estimator results.md section 7 chose: the interval look-ahead, a sign step, the tail clipped
     assert (args.lets_horizon, args.lets_optimizer, args.lets_clip) == ("interval", "signum", 3.0)
@@ -96,7 +96,7 @@ def test_every_field_is_a_cli_flag_with_help(tmp_path):
         False,
         "fisher",
     )
-    assert args.lets_rho_min == 0.005 and args.lets_rho_max == 1.0
+    assert args.rho_bounds == (0.005, 1.0)
 
 
 def _argument_dataclasses():
