@@ -31,8 +31,11 @@ def split_heldout(dataset: Any, fraction: float, seed: int) -> tuple[Any, Any, n
     """Carve a stratified held-out split off ``dataset``, reproducibly from ``seed``.
 
     Strata are the label classes (a ``labels`` or ``label`` column, or that key in dict examples); a float
-    target is cut into quantile bins; without labels the split is uniform. Each stratum gives
-    ``round(fraction * size)`` examples, at least one example goes each way.
+    target is cut into quantile bins; without one label value per example (no labels, or sequence labels: token
+    classification, a causal LM's or a seq2seq model's token ids) the split is uniform. Each stratum gives
+    ``round(fraction * size)`` examples; where those roundings together miss ``round(fraction * n)`` by more than
+    one example (many small strata, which would otherwise round the split away), the strata share that total in
+    proportion to their sizes instead (`_apportion`). At least one example goes each way.
 
     Args:
         dataset: a `datasets.Dataset` or any sized dataset of examples.
@@ -48,10 +51,14 @@ def split_heldout(dataset: Any, fraction: float, seed: int) -> tuple[Any, Any, n
     if n < 2:
         raise ValueError(f"Cannot carve a held-out split off a training set of {n} example(s); pass lets_dataset.")
     rng = np.random.default_rng(seed)
+    strata = _strata(dataset)
+    sizes, total = [len(stratum) for stratum in strata], int(round(fraction * n))
+    counts = [int(round(fraction * size)) for size in sizes]
+    if abs(sum(counts) - total) > 1:
+        counts = _apportion(total, sizes)
     heldout = []
-    for stratum in _strata(dataset):
-        stratum = rng.permutation(stratum)
-        heldout.extend(stratum[: int(round(fraction * len(stratum)))].tolist())
+    for stratum, count in zip(strata, counts):
+        heldout.extend(rng.permutation(stratum)[:count].tolist())
     heldout = np.array(sorted(heldout), dtype=np.int64)
     if len(heldout) == 0:
         heldout = np.array([int(rng.integers(n))])
@@ -76,9 +83,22 @@ def carve_heldout(dataset: Any, fraction: float, seed: int) -> tuple[Any, Any, d
     return train, heldout, {"train_indices": train_idx.tolist(), "heldout_indices": heldout_idx.tolist()}
 
 
+def _apportion(total: int, sizes: list[int]) -> list[int]:
+    """``total`` shared among strata of ``sizes`` in proportion (Hamilton's largest remainders; ties to the earlier
+    stratum): each gets ``floor(total * size / n)``, and the strata with the largest remainders one more."""
+    n = sum(sizes)
+    quotas = [total * size / n for size in sizes]
+    counts = [int(q) for q in quotas]
+    by_remainder = sorted(range(len(sizes)), key=lambda k: counts[k] - quotas[k])  # largest remainder first
+    for k in by_remainder[: total - sum(counts)]:
+        counts[k] += 1
+    return counts
+
+
 def label_values(dataset: Any) -> np.ndarray | None:
-    """The ``labels`` (or ``label``) of every example as floats (a vector label: its first value), from a
-    `datasets.Dataset` column or that key of every dict example; None when the examples carry no labels there."""
+    """The ``labels`` (or ``label``) of every example as floats, from a `datasets.Dataset` column or that key of every
+    dict example; None when the examples carry no labels there, or when a label is not one value (sequence labels,
+    multi-label vectors): a class or target per example is what the carve stratifies on and the prior is made of."""
     columns = getattr(dataset, "column_names", None)
     if columns is not None:  # datasets.Dataset: read the column, no decoding of the rest
         name = next((c for c in ("labels", "label") if c in columns), None)
@@ -89,13 +109,17 @@ def label_values(dataset: Any) -> np.ndarray | None:
         labels = [dataset[i][name] for i in range(len(dataset))] if name else None
     if labels is None:
         return None
-    return np.asarray([float(torch.as_tensor(v).reshape(-1)[0]) for v in labels])
+    values = [torch.as_tensor(v) for v in labels]
+    if any(v.numel() != 1 for v in values):
+        return None
+    return np.asarray([float(v) for v in values])
 
 
 def label_prior_loss(config: Any, dataset: Any) -> float | None:
     """The training loss of a model that predicts only the label prior (the loss guard's *not learning* level),
     from the training labels and the model's head (`constant_predictor_loss`); None where it is unknown: no config
-    or labels, a multi-label head, or an empty or unsized dataset. (A loss of the user's own or label smoothing
+    or labels, labels that are not one value per example (token classification, language modelling), a multi-label
+    head, or an empty or unsized dataset. (A loss of the user's own or label smoothing
     also makes it unknown: the trainer checks those.)"""
     problem, num_labels = getattr(config, "problem_type", None), getattr(config, "num_labels", None)
     if num_labels is None or problem == "multi_label_classification" or not hasattr(dataset, "__len__"):
