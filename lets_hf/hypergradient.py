@@ -138,8 +138,9 @@ def optimizer_derivative_(
     """Overwrite ``u`` with ``scale * w``, ``w = -lr * c * P u`` the derivative of the optimizer's update w.r.t.
     rho; or, given ``into``, add ``scale * w`` to it (``u`` is then scratch) and return ``into``.
 
-    ``P`` is read from the optimizer's state *after* its step (LETS.md), ignoring the state's own dependence on
-    rho: for Adam/AdamW ``P = (1 - b1)/(1 - b1^k) / (sqrt(v_k / (1 - b2^k)) + eps)``; for SGD ``P = 1`` (``1 + mu``
+    ``P`` is read from the optimizer's state *after* its step, ignoring the state's own dependence on
+    rho: for Adam/AdamW ``P = (1 - b1)/(1 - b1^k) / (sqrt(v_k / (1 - b2^k)) + eps)``, but ``P = 0`` at Adam's first
+    step (``k = 1``: sign descent, flat in rho; see the comment in the loop); for SGD ``P = 1`` (``1 + mu``
     with Nesterov momentum ``mu``). Weight decay does not depend on rho and drops out. Other optimizers get
     ``P = 1`` (the caller warns once).
 
@@ -173,7 +174,12 @@ def optimizer_derivative_(
             beta1, beta2 = group["betas"]
             for i in members:
                 state = optimizer.state.get(params[i], {})
-                if "exp_avg_sq" not in state:  # parameter had no gradient at this step: it did not move
+                # No state: the parameter had no gradient, and did not move. Step 1: Adam's first update is
+                # lr * G / (|G| + eps), sign descent, whose derivative in G is eps / (|G| + eps)^2 (v's dependence on
+                # rho, ignored below, cancels the rest exactly): ~0 wherever |G| >> sqrt(eps) = 1e-4, and made of
+                # gradients below that elsewhere, which bf16 passes do not resolve (the first hyper-step's sign
+                # flipped with bf16, with the exact term too): the first step adds nothing.
+                if "exp_avg_sq" not in state or float(state["step"]) <= 1:
                     if into is None:
                         u[i].zero_()
                     continue

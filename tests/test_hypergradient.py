@@ -157,6 +157,31 @@ def test_adam_preconditioner_matches_formula():
     assert torch.allclose(fused, z - 2.0 * 0.1 * 0.5 * 1.9 * u)
 
 
+def test_adams_first_step_adds_nothing_to_the_look_ahead_as_its_finite_difference_says():
+    """Adam's first update is ``lr G / (|G| + eps)``, sign descent: flat in rho wherever the gradient is resolved.
+    ``P = 1 / |G|`` (v's dependence ignored) made ``w`` largest where ``|G|`` is smallest, and under bf16 those
+    entries are rounding noise: the first hyper-step's sign flipped (tests/test_mixed_precision.py)."""
+    g0 = torch.tensor([0.5, -2e-2, 3e-3], dtype=torch.float64)  # resolved gradients (>> sqrt(eps) = 1e-4)
+    u = torch.tensor([1.0, -3.0, 0.7], dtype=torch.float64)
+
+    def first_step(rho):
+        p = torch.nn.Parameter(torch.tensor([1.0, -2.0, 0.3], dtype=torch.float64))
+        opt = torch.optim.AdamW([p], lr=0.1, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
+        p.grad = g0 + rho * u
+        opt.step()
+        return p, opt
+
+    h = 1e-9
+    finite_difference = (first_step(h)[0] - first_step(-h)[0]).detach() / (2 * h)
+    assert finite_difference.abs().max() < 1e-3  # the ignored term cancels P u to O(eps / G^2)
+    assert (0.1 * u / g0.abs()).abs().min() >= 0.2  # what P = 1 / |G| said: derivatives of 0.2 to 23
+    p, opt = first_step(0.0)
+    lrs = {id(opt.param_groups[0]): 0.1}
+    assert torch.equal(optimizer_derivative_([u.clone()], [p], opt, lrs, 1.0)[0], torch.zeros(3, dtype=torch.float64))
+    z = torch.tensor([3.0, -1.0, 2.0], dtype=torch.float64)
+    assert torch.equal(optimizer_derivative_([u.clone()], [p], opt, lrs, 1.0, into=[z.clone()])[0], z)
+
+
 def test_adam_derivative_by_slices_equals_the_whole_tensor_computation(monkeypatch):
     """The Adam branch works slice by slice (a small temporary); slices of 3 over tensors of 10 and 7 elements, and
     a non-contiguous tensor (taken whole), give what one pass over each whole tensor gives."""
@@ -403,24 +428,26 @@ def test_default_radius_lr_is_tied_to_the_run(base_args):
 
 @pytest.mark.parametrize("hvp", ["secant", "fisher"])
 def test_a_short_run_cannot_send_rho_to_a_bound(base_args, hvp):
-    """A 6-step smoke test at interval 5 has one hyper-step. Without the floor under H the default lets_lr was
-    ln(100) / 1, and Adam's first step (of size lets_lr whatever the hypergradient) sent ASAM's rho to a bound (0.1 ->
-    1.0; with lets_hvp="exact", 0.01 -> 1e-4). With it rho moves at most lets_travel^(1/10) per hyper-step: 2.5-fold
-    at the default 1e4 (signum's step is exactly that), so reaching a bound (10x up, 100x down) takes 3 or 5
-    hyper-steps that agree."""
+    """A 7-step smoke test at interval 5 plans one hyper-step (and takes two: steps 1 and 6; the first looks ahead
+    over Adam's first step only, which adds nothing). Without the floor under H the default lets_lr was ln(100) / 1,
+    and Adam's first step (of size lets_lr whatever the hypergradient) sent ASAM's rho to a bound (0.1 -> 1.0; with
+    lets_hvp="exact", 0.01 -> 1e-4). With it rho moves at most lets_travel^(1/10) per hyper-step: 2.5-fold at the
+    default 1e4 (signum's step is exactly that), so reaching a bound (10x up, 100x down) takes 3 or 5 hyper-steps
+    that agree."""
     model = tiny_bert()
     args = LETSTrainingArguments(
-        **base_args, sam_variant="asam", sam_rho=0.1, lets_hvp=hvp, max_steps=6, lets_interval=5,
+        **base_args, sam_variant="asam", sam_rho=0.1, lets_hvp=hvp, max_steps=7, lets_interval=5,
         per_device_train_batch_size=8, learning_rate=5e-3,
     )  # fmt: skip
     trainer = LETSTrainer(model=model, args=args, train_dataset=rule_data(96))
     trainer.train()
-    assert len(trainer.lets_history) == 1 and trainer.lets_history[0]["hypergradient"] != 0
+    first, second = (h["hypergradient"] for h in trainer.lets_history)
+    assert first == 0 and second != 0
     moved = abs(math.log(trainer.rho / 0.1))
     assert moved == pytest.approx(math.log(args.lets_travel) / MIN_HYPER_STEPS, rel=1e-3)  # one full step, no more
     rho_min, rho_max = args.rho_bounds
     assert 0.1 * math.exp(2 * moved) < rho_max and 0.1 * math.exp(-4 * moved) > rho_min
-    unfloored = radius_lr(args.lets_travel, 6, 5) * MIN_HYPER_STEPS  # what H = max(1, 6 // 5) = 1 gives
+    unfloored = radius_lr(args.lets_travel, 7, 5) * MIN_HYPER_STEPS  # what H = max(1, 7 // 5) = 1 gives
     assert unfloored == pytest.approx(math.log(args.lets_travel)) and math.exp(unfloored) * 0.1 >= rho_max
 
 
