@@ -1,6 +1,7 @@
 """lets_hf: sharpness-aware minimisation for the HF Trainer, with the radius learned by LETS."""
 
 from .heldout import split_heldout
+from .hub import radius_summary
 from .hypergradient import (
     LossGuard,
     RadiusState,
@@ -17,12 +18,15 @@ from .perturbation import (
     register_perturbation,
     sam_direction,
 )
+from .seq2seq import LETSSeq2SeqTrainer, LETSSeq2SeqTrainingArguments
 from .trainer import LETSTrainer
 from .training_args import LETSTrainingArguments
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "LETSSeq2SeqTrainer",
+    "LETSSeq2SeqTrainingArguments",
     "LETSTrainer",
     "LETSTrainingArguments",
     "LossGuard",
@@ -35,6 +39,7 @@ __all__ = [
     "hypergradient",
     "radius_lr",
     "radius_step",
+    "radius_summary",
     "register_perturbation",
     "sam_direction",
     "split_heldout",

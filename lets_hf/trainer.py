@@ -31,6 +31,7 @@ from transformers.utils import logging
 
 from .checkpoint import LETS_STATE_NAME, load_lets_state, save_lets_state
 from .heldout import HeldoutStream, carve_heldout, label_prior_loss
+from .hub import radius_card
 from .hypergradient import (
     LossGuard,
     RadiusState,
@@ -69,17 +70,27 @@ class _Pending:
 class LETSTrainer(Trainer):
     """`transformers.Trainer` with sharpness-aware minimisation and the LETS learned radius.
 
+    Also a mixin: ``class S(LETSTrainer, Seq2SeqTrainer)`` adds SAM and LETS to another Trainer subclass (ready-made:
+    `lets_hf.LETSSeq2SeqTrainer`, `lets_hf.sft.LETSSFTTrainer`). The carve happens after the host trainer's
+    ``__init__`` has prepared ``train_dataset`` (TRL tokenizes and truncates there), so the held-out examples are in
+    the form its collator takes.
+
     Args:
-        args: a `LETSTrainingArguments`.
-        lets_dataset: held-out examples for the radius. When None and ``args.lets``, a stratified
-            ``args.lets_heldout_fraction`` of ``train_dataset`` is carved off (and never trained on); the indices
-            are in ``self.lets_split``.
-        Every other argument is the `Trainer`'s.
+        args: a `LETSTrainingArguments` (or a dataclass that combines it with the host's arguments).
+        lets_dataset: held-out examples for the radius, in the form ``train_dataset`` has when the Trainer's loader
+            sees it (a map-style dataset: a stream cannot be replayed on resume). When None and ``args.lets``, a
+            stratified ``args.lets_heldout_fraction`` of ``train_dataset`` is carved off (and never trained on);
+            the indices are in ``self.lets_split``.
+        Every other argument is the host trainer's.
 
     Attributes:
         rho: the current radius (float).
         lets_history: one dict per hyper-step: step, rho, gap, hypergradient, train and held-out loss.
+        lets_extra_pass: True during a pass that plain training would not run (SAM's perturbed pass, the held-out
+            pass): a host whose ``compute_loss`` counts tokens or metrics can skip it (`lets_hf.sft`).
     """
+
+    _tag_names = ["lets_hf", "sam"]
 
     def __init__(
         self,
@@ -99,17 +110,28 @@ class LETSTrainer(Trainer):
                 f"LETSTrainer needs LETSTrainingArguments, got {type(args).__name__}: build the arguments with "
                 "lets_hf.LETSTrainingArguments(...) (it accepts every TrainingArguments field)."
             )
-        self.lets_split: dict[str, list[int]] | None = None
-        if args.lets and lets_dataset is None and train_dataset is not None:
-            train_dataset, lets_dataset, self.lets_split = carve_heldout(
-                train_dataset, args.lets_heldout_fraction, args.seed
+        if lets_dataset is not None and not hasattr(lets_dataset, "__len__"):
+            raise ValueError(
+                f"lets_dataset is a stream ({type(lets_dataset).__name__}): LETS draws its held-out batches in seeded "
+                "permutations and replays them on resume, which needs a map-style dataset. Take a finite sample, "
+                "e.g. lets_dataset=datasets.Dataset.from_list(list(stream.take(1000)))."
             )
-        elif lets_dataset is not None and not args.lets:
-            logger.warning("lets_dataset is ignored: lets=False keeps the radius fixed.")
+        self.lets_split: dict[str, list[int]] | None = None
+        self.lets_extra_pass = False
         super().__init__(model, args, data_collator, train_dataset, eval_dataset, **kwargs)
         for backend, enabled in (("DeepSpeed", self.is_deepspeed_enabled), ("FSDP", self.is_fsdp_enabled)):
             if enabled:
                 raise NotImplementedError(_BACKEND_MESSAGE.format(backend=backend))
+        if args.lets and lets_dataset is None and self.train_dataset is not None:  # as the host prepared it
+            self.train_dataset, lets_dataset, self.lets_split = carve_heldout(
+                self.train_dataset, args.lets_heldout_fraction, args.seed
+            )
+        elif lets_dataset is not None and not args.lets:
+            logger.warning("lets_dataset is ignored: lets=False keeps the radius fixed.")
+        elif lets_dataset is not None and self.lets_split is None:
+            lets_dataset = self._prepare_lets_dataset(lets_dataset)
+        if hasattr(self.model, "add_model_tags"):  # as TRL's trainers tag theirs: the Hub shows how it was trained
+            self.model.add_model_tags(self._tag_names)
         # Every pass computes a per-micro-batch mean loss, divided by the accumulation steps here; BERT/RoBERTa
         # heads accept **kwargs but ignore num_items_in_batch (transformers #47688), so we never pass it.
         self.model_accepts_loss_kwargs = False
@@ -117,6 +139,11 @@ class LETSTrainer(Trainer):
         self.direction = None if args.sam_variant == "none" else get_perturbation(args.sam_variant)
         self._label_prior = self._constant_predictor_loss() if args.lets and args.lets_guard_tolerance else None
         self._reset_lets_state()
+
+    def _prepare_lets_dataset(self, dataset: Any) -> Any:
+        """A ``lets_dataset`` the user passed, brought to the form of the prepared ``train_dataset``: as given here; a
+        host trainer that prepares its data in ``__init__`` (TRL's) overrides this to prepare it the same way."""
+        return dataset
 
     def _constant_predictor_loss(self) -> float | None:
         """The guard's *not learning* level (`label_prior_loss`); None where the loss is the user's own."""
@@ -238,13 +265,23 @@ class LETSTrainer(Trainer):
         with torch.no_grad():
             if d is not None:
                 torch._foreach_add_(params, d, alpha=self.rho)
-        if self._feeding and self.args.lets_hvp == "exact" and finite:
-            with self._rewound_rng():
-                self._accumulate_hvp(model, inputs, params, d, n_accum)
-        del d
-        self._descent(model, inputs, n_accum)
+        with self._extra_pass():
+            if self._feeding and self.args.lets_hvp == "exact" and finite:
+                with self._rewound_rng():
+                    self._accumulate_hvp(model, inputs, params, d, n_accum)
+            del d
+            self._descent(model, inputs, n_accum)
         copy_into(params, self._theta)  # restore theta
         return loss.detach()
+
+    @contextlib.contextmanager
+    def _extra_pass(self):
+        """Marks a pass plain training would not run (``lets_extra_pass``)."""
+        self.lets_extra_pass = True
+        try:
+            yield
+        finally:
+            self.lets_extra_pass = False
 
     def _rewound_rng(self) -> contextlib.AbstractContextManager:
         """With ``sam_same_dropout``, a context after which the random state is back where it was (CPU and this
@@ -321,7 +358,8 @@ class LETSTrainer(Trainer):
 
     def _heldout_pass(self, model, params, w) -> torch.Tensor:
         """``[l(theta; V), h_V^T w]`` on one held-out batch, local to this rank (averaged with the other sums)."""
-        loss, grads = self._gradient(model, self._prepare_inputs(self._heldout_stream().next()), params)
+        with self._extra_pass():
+            loss, grads = self._gradient(model, self._prepare_inputs(self._heldout_stream().next()), params)
         return torch.stack([loss.detach().double(), dot(grads, w) * self._inv_scale()])
 
     def _accumulate_hvp(self, model, inputs, params, d, n_accum: int) -> None:
@@ -441,6 +479,18 @@ class LETSTrainer(Trainer):
                 last = self.lets_history[-1]
                 logs.update(lets_gap=last["gap"], lets_hypergrad=last["hypergradient"])
         super().log(logs, start_time)
+
+    def create_model_card(self, *args: Any, tags: str | list[str] | None = None, **kwargs: Any) -> None:
+        """The host's model card (``README.md`` in ``output_dir``, what ``push_to_hub`` uploads), tagged
+        ``lets_hf``/``sam``/``lets`` and followed by what the radius did (`radius_card`)."""
+        tags = [tags] if isinstance(tags, str) else list(tags or [])
+        variant = self.args.sam_variant if self.direction is not None else None
+        extra = [t for t in (*self._tag_names, variant, "lets" if variant and self.args.lets else None) if t]
+        super().create_model_card(*args, tags=[*tags, *(t for t in extra if t not in tags)], **kwargs)
+        path = os.path.join(self.args.output_dir, "README.md")
+        if self.is_world_process_zero() and variant and os.path.isfile(path):
+            with open(path, "a", encoding="utf-8") as f:
+                f.write(radius_card(self.args, self.lets_history, self.rho))
 
     def _save_checkpoint(self, model, trial) -> None:
         """The LETS state first, then the Trainer's files: its last one, ``trainer_state.json``, marks the folder
