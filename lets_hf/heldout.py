@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler, Subset
 
-from .hypergradient import constant_predictor_loss
+from .radius import constant_predictor_loss
 
 __all__ = [
     "EpochPermutationSampler",

@@ -31,23 +31,19 @@ from transformers.utils import logging
 
 from .checkpoint import LETS_STATE_NAME, load_lets_state, save_lets_state
 from .heldout import HeldoutStream, carve_heldout, label_prior_loss
+from .history import plot_history, write_history_csv
 from .hub import radius_card
 from .hypergradient import (
-    LossGuard,
-    RadiusState,
     clip_coefficient,
     fisher_curvature,
-    guarded_radius_step,
     hessian_vector_product,
     hypergradient,
     lookahead_add_,
     optimizer_kind,
-    planned_hyper_steps,
-    radius_lr,
-    scheduled_lr,
     secant_curvature_,
 )
 from .perturbation import get_perturbation, looksam_gradient_, orthogonal_part_
+from .radius import LossGuard, RadiusState, guarded_radius_step, planned_hyper_steps, radius_lr, scheduled_lr
 from .tensor_lists import accumulate_, all_finite, all_reduce_mean_, copy_into, dot, grads_of, zeros_into
 from .training_args import _BACKEND_MESSAGE, LETSTrainingArguments
 
@@ -479,6 +475,17 @@ class LETSTrainer(Trainer):
                 last = self.lets_history[-1]
                 logs.update(lets_gap=last["gap"], lets_hypergrad=last["hypergradient"])
         super().log(logs, start_time)
+
+    def save_lets_history(self, folder: str | None = None) -> None:
+        """``lets_history.csv`` and ``lets_history.png`` (`plot_history`, needs matplotlib) in ``folder`` (default
+        ``args.output_dir``), on the main process; nothing for a fixed radius."""
+        if not (self.lets_history and self.is_world_process_zero()):
+            return
+        folder = folder or self.args.output_dir
+        os.makedirs(folder, exist_ok=True)
+        write_history_csv(self.lets_history, os.path.join(folder, "lets_history.csv"))
+        title = f"{self.args.sam_variant.upper()} radius learned by LETS"
+        plot_history(self.lets_history, os.path.join(folder, "lets_history.png"), title, self.args.sam_rho)
 
     def create_model_card(self, *args: Any, tags: str | list[str] | None = None, **kwargs: Any) -> None:
         """The host's model card (``README.md`` in ``output_dir``, what ``push_to_hub`` uploads), tagged

@@ -8,8 +8,9 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
-from .hypergradient import HORIZONS, LR_SCHEDULES, OBJECTIVES
+from .hypergradient import HORIZONS, OBJECTIVES
 from .perturbation import available_perturbations
+from .radius import LR_SCHEDULES
 
 logger = logging.getLogger(__name__)
 

@@ -311,3 +311,25 @@ def test_none_turns_an_optional_setting_off_on_the_command_line_and_in_a_config(
     assert args.lets_guard_tolerance is None and args.lets_guard_patience is None
     with pytest.raises(SystemExit):  # a setting that cannot be None still says so (argparse: invalid float value)
         parse([*required, "--sam_rho", "None"])
+
+
+def test_auto_reads_the_local_glue_files_when_they_hold_the_task_else_the_hub(monkeypatch, tmp_path, glue_dir):
+    """The demo config names no data source: a GLUE folder is used when present, the Hub otherwise."""
+    from glue_runs import run_glue
+
+    class FromHub(Exception):
+        pass
+
+    def hub(task, with_test):
+        raise FromHub(task.name)
+
+    monkeypatch.setattr(run_glue, "load_hub", hub)
+    args = type("Args", (), {"do_predict": False})()
+    data = run_glue.DataArguments(task_name="RTE", max_train_samples=8, max_eval_samples=8)
+    for folder in (str(tmp_path), None):  # a GLUE_DIR without the task, and none at all
+        monkeypatch.setenv("GLUE_DIR", folder) if folder else monkeypatch.delenv("GLUE_DIR", raising=False)
+        with pytest.raises(FromHub, match="RTE"):
+            run_glue.load_data(data, args)
+    monkeypatch.setenv("GLUE_DIR", glue_dir)
+    task, raw, where = run_glue.load_data(data, args)
+    assert "GLUE TSV files under" in where and len(raw["train"]) == 8

@@ -13,7 +13,7 @@ from toy import rule_data, tiny_bert
 
 import lets_hf.trainer
 from lets_hf import LETSTrainer, LETSTrainingArguments
-from lets_hf.hypergradient import LossGuard
+from lets_hf.radius import LossGuard
 
 
 def run_away(base_args, monkeypatch, guard_tolerance):
@@ -47,8 +47,9 @@ def test_guard_trips_on_a_run_away_radius_and_the_run_recovers(base_args, monkey
 
 def start_too_large(base_args, patience):
     """SAM from rho 0.5, where the tiny BERT cannot learn the rule (from 0.05 it learns it in ~25 steps). The loss
-    sits at ln 2 and the hypergradient carries no signal: with Adam it drifts rho up, the failure the stall guard was
-    built for (signum's walk on the same noise goes up to 2.8 and down to 0.045 here, without learning)."""
+    sits at ln 2 and the hypergradient carries no signal: rho wanders on noise (with Adam it drifted up to 5 here
+    before Adam's first step stopped feeding the look-ahead; now 0.35-0.5), the failure the stall guard was built
+    for."""
     args = dict(base_args, lets_guard_tolerance=0.2, logging_steps=1000, lets_optimizer="adam")
     args = LETSTrainingArguments(
         **args, max_steps=80, per_device_train_batch_size=16, learning_rate=1e-2, lr_scheduler_type="constant",
@@ -61,16 +62,17 @@ def start_too_large(base_args, patience):
 
 def test_a_stall_takes_the_radius_out_of_a_start_too_large_to_learn_under(base_args, caplog):
     """The failure of SST-2 with noisy labels from rho 0.1, in small: the loss sits at ln 2, the hypergradient has
-    nothing to say and drifts rho up. Only a rise can trip a guard without patience: rho climbs and nothing is learned.
-    The stall cuts rho a decade below the start, and the model learns."""
+    nothing to say and rho wanders. Only a rise can trip a guard without patience: nothing is learned. The stall
+    cuts rho a decade below where it stood (at most the start), and the model learns."""
     free, free_history = start_too_large(base_args, patience=None)
-    assert free.guard.trips == 0 and free_history[-1]["rho"] > 0.5
+    assert free.guard.trips == 0 and min(h["rho"] for h in free_history) > 0.2  # never near a radius it learns under
     assert min(h["train_loss"] for h in free_history[-10:]) > 0.6
     with caplog.at_level("WARNING", logger="lets_hf.trainer"):
         guarded, history = start_too_large(base_args, patience=5)
     assert "has not fallen 1% below its best for 5 hyper-steps" in caplog.text
     first = next(i for i, h in enumerate(history) if h["guard_tripped"])
-    assert first == 5 and history[first - 1]["rho"] > 0.5 and history[first]["rho"] == pytest.approx(0.05, rel=0.01)
+    before = min(history[first - 1]["rho"], 0.5)
+    assert first == 5 and before > 0.2 and history[first]["rho"] == pytest.approx(before / 10, rel=0.01)
     assert statistics.fmean(h["train_loss"] for h in history[-10:]) < 0.01
 
 

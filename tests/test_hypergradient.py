@@ -11,21 +11,23 @@ from toy import LR, LinearRegressor, loss_fn, regression_data, rule_data, sam_sg
 
 from lets_hf import LETSTrainer, LETSTrainingArguments, RadiusState, radius_step
 from lets_hf.hypergradient import (
-    CLIP_WINDOW,
-    MIN_HYPER_STEPS,
-    LossGuard,
     clip_coefficient,
-    clip_to_recent,
-    constant_predictor_loss,
     fisher_curvature,
-    guarded_log_rho,
-    guarded_radius_step,
     hessian_vector_product,
     lookahead_add_,
     optimizer_derivative_,
+    secant_curvature_,
+)
+from lets_hf.radius import (
+    CLIP_WINDOW,
+    MIN_HYPER_STEPS,
+    LossGuard,
+    clip_to_recent,
+    constant_predictor_loss,
+    guarded_log_rho,
+    guarded_radius_step,
     radius_lr,
     scheduled_lr,
-    secant_curvature_,
 )
 
 RHO = 0.05
