@@ -35,7 +35,7 @@ demo: install
 
 # The measurements behind docs/results.md (long: see the commands there).
 bench: install
-	$(BIN)/python -m glue_runs.bench_speed --model minilm --out docs/bench/minilm
+	$(BIN)/python -m glue_runs.studies.bench_speed --model minilm --out docs/bench/minilm
 
 sweep: install
-	$(BIN)/python -m glue_runs.sweep glue_runs/configs/sweep_minilm.yaml
+	$(BIN)/python -m glue_runs.studies.sweep glue_runs/studies/configs/sweep_minilm.yaml

@@ -1,6 +1,6 @@
 """SAM perturbation variants as pure functions over lists of tensors.
 
-Notation (shared LETS.md): ``params`` are the trainable parameters theta, ``grads`` the ascent gradients
+Notation (docs/algorithm.md): ``params`` are the trainable parameters theta, ``grads`` the ascent gradients
 ``g = grad l(theta; B)``, ``rho`` the perturbation radius. A *variant* maps ``(params, grads)`` to a unit-radius
 direction ``d``; the perturbation is ``eps = rho * d``:
 
@@ -80,7 +80,7 @@ def asam_scale(params: list[Tensor], *, eta: float) -> list[Tensor]:
     """ASAM's normalisation operator ``T``: ``|theta| + eta`` on weight matrices (ndim > 1), ``1`` elsewhere.
 
     SamsungLabs/ASAM applies ``T`` to parameters named ``weight``; we key on shape instead, so that biases and
-    LayerNorm weights (1-D) keep ``T = 1`` as LETS.md specifies, whatever the module calls them.
+    LayerNorm weights (1-D) keep ``T = 1`` as docs/algorithm.md specifies, whatever the module calls them.
     """
     return [p.detach().abs() + eta if p.ndim > 1 else torch.ones_like(p) for p in params]
 

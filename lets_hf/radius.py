@@ -1,6 +1,6 @@
 """What moves the radius on the hypergradient: one step of an optimizer on ``s = log rho`` (``dF/ds = rho dF/drho``),
 its learning rate and schedule, the clip against heavy-tailed values, the bounds, and the loss guard that sends a
-run-away radius back (docs/algorithm.md, "The radius step" and "The loss guard"). Pure functions and plain
+run-away radius back (docs/algorithm.md, "The radius update" and "Defaults, and why"). Pure functions and plain
 dataclasses; the trainer keeps their state in checkpoints.
 """
 
@@ -63,7 +63,7 @@ def scheduled_lr(lr: float, k: int, hyper_steps: int, schedule: str) -> float:
     - ``constant``: ``lr`` throughout.
     - ``linear``: ``lr * 2 (H - k) / (H + 1)``, from about ``2 lr`` at the start to 0 at the end (0 past it). The
       sum over the run is ``H lr``, the constant schedule's reach, but front-loaded: a consistent sign crosses two
-      decades in about 30% of the run instead of all of it, which is where a bad start costs (results.md section
+      decades in about 30% of the run instead of all of it, which is where a bad start costs (results-log.md section
       7: from 0.1 on full MRPC signum at a constant rate spent the first half of the run above 0.01), and the
       radius settles at the end instead of stepping around its optimum by ``lr`` (signum never moves less).
     """
@@ -105,7 +105,7 @@ CLIP_WINDOW = 10  # lets_clip's scale is the median |dF/ds| of this many latest 
 def clip_to_recent(grad: float, recent: list[float], clip: float) -> float:
     """``dF/ds`` clipped to ``[-c, c]``, ``c = clip * median(recent)``: the radius step against the heavy tail.
 
-    The full-data hypergradient has single values 7-135x its median size (docs/results.md section 7); one of them
+    The full-data hypergradient has single values 7-135x its median size (docs/results-log.md section 7); one of them
     outweighs the momentum of every value before it and turns rho for many hyper-steps (STS-B seed 2 with signum:
     0.026 -> 0.215 after two). Clipped to a few times the recent median, a value counts as a few ordinary ones:
     its sign still votes, its size cannot outvote the rest. The median of the latest values (not a mean) is the
@@ -206,10 +206,10 @@ def constant_predictor_loss(labels: Tensor, regression: bool) -> float:
 class LossGuard:
     """Watches the training loss seen at hyper-steps; trips when the model gets worse *or is not learning*.
 
-    Two failure modes of a mobile radius: a radius so large that the training loss rises (the collapse LETS.md
+    Two failure modes of a mobile radius: a radius so large that the training loss rises (the collapse the prototype
     measured on STS-B), and one under which the model never learns while the loss sits still and the hypergradient,
     which then carries no signal, drifts rho upwards (CoLA with the squared gap: rho 0.05 -> 0.28, MCC 0; SST-2
-    with 20% noisy labels and the default objective from rho 0.1: rho -> 0.28, a one-class model; results.md
+    with 20% noisy labels and the default objective from rho 0.1: rho -> 0.28, a one-class model; results-log.md
     sections 3 and 6). The guard keeps an EMA of the training loss and trips when
 
     - *risen*: the EMA is more than ``tolerance`` (relative) above its best, or

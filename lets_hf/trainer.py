@@ -2,7 +2,7 @@
 
 The algorithm lives in `perturbation.py` (directions) and `hypergradient.py` (u, w, dF/drho, the radius step);
 this file is plumbing: the passes, setting accumulated gradients aside, DDP and GradScaler details, the held-out
-loader, logging and the radius state in checkpoints. The step, in LETS.md's notation, per micro-batch ``i``:
+loader, logging and the radius state in checkpoints. The step, in docs/algorithm.md's notation, per micro-batch ``i``:
 
     ascent:   g_i = grad l(theta; B_i)            (rank-averaged when sam_sync_perturbation)
     descent:  G  += grad l(theta + rho d_i; B_i) / n_accum,   then theta restored from a saved copy

@@ -25,8 +25,15 @@ SAM_REUSE = ("none", "looksam")
 class LETSTrainingArguments(TrainingArguments):
     """`TrainingArguments` plus sharpness-aware minimisation and the LETS learned radius.
 
-    Every field below carries its help text, so `HfArgumentParser` exposes it as ``--<field>``. The defaults let
-    the radius travel and keep it from running away (docs/algorithm.md, "Defaults"): rho lives in
+    Every field below carries its help text, so `HfArgumentParser` exposes it as ``--<field>``.
+
+    **The fields most users touch:** ``sam_variant`` (``"sam"``, ``"asam"``, ``"none"``), ``sam_rho`` (the start,
+    or the fixed radius), ``lets`` (learn the radius or not), ``sam_every`` (perturb one step in k), and
+    ``lets_heldout_fraction`` or the trainer's ``lets_dataset`` (where the held-out batches come from). The rest
+    tune the radius estimator and its guard; their defaults are the measured choices (docs/algorithm.md,
+    "Defaults, and why") and they are there for studies.
+
+    The defaults let the radius travel and keep it from running away: rho lives in
     ``[sam_rho / 100, 10 * sam_rho]``, can change ``lets_travel``-fold over a run whatever its length, follows the
     held-out loss, and is sent back to ``sam_rho`` when the training loss rises or stops improving.
     """
@@ -63,11 +70,11 @@ class LETSTrainingArguments(TrainingArguments):
         metadata={
             "help": "Run the perturbed (descent) pass with the ascent pass's dropout masks (the random state is "
             "rewound), so that G - g is the loss's change under the perturbation, not also the difference of two "
-            "dropout draws. LETS's curvature u = (G - g) / rho needs it on a model with dropout: with independent "
-            "masks its noise grows as 1/rho (docs/algorithm.md, 'Dropout'). Being measured, docs/results.md section 7."
+            "dropout draws. LETS's curvature u = (G - g) / rho is cleaner with it on a model with dropout (with "
+            "independent masks its noise grows as 1/rho), but it changes SAM itself (docs/algorithm.md, 'Dropout')."
         },
     )
-    # ---- LETS: learning the radius ----------------------------------------------------------------------------
+    # ---- cheaper SAM ----------------------------------------------------------------------------------------------
     sam_every: int = field(
         default=1,
         metadata={
@@ -83,7 +90,7 @@ class LETSTrainingArguments(TrainingArguments):
             "interval SAM, as MosaicML Composer's) or 'looksam' (Liu et al. 2022: the part of the last SAM "
             "gradient orthogonal to its plain gradient, rescaled to each step's gradient and weighted by "
             "looksam_alpha; one more parameter-sized buffer). LookSAM's term keeps its size whatever rho is, so "
-            "lets cannot switch it off by lowering rho: with lets, use 'none' (docs/results.md, section 8).",
+            "lets cannot switch it off by lowering rho: with lets, use 'none'.",
             "choices": list(SAM_REUSE),
         },
     )
@@ -91,6 +98,7 @@ class LETSTrainingArguments(TrainingArguments):
         default=0.7,
         metadata={"help": "sam_reuse='looksam': the weight of the reused component (0.7 in the LookSAM paper)."},
     )
+    # ---- LETS: learning the radius (lets, and the held-out data; the rest are for studies) -----------------------
     lets: bool = field(
         default=True,
         metadata={"help": "Learn rho by the LETS hypergradient on held-out batches (False: keep sam_rho fixed)."},
@@ -123,8 +131,7 @@ class LETSTrainingArguments(TrainingArguments):
         default="constant",
         metadata={
             "help": "The radius learning rate over the run: 'constant', or 'linear' from 2 lets_lr down to 0 (the "
-            "same reach, front-loaded, and a radius that settles at the end; being measured, docs/results.md "
-            "section 7).",
+            "same reach, front-loaded, and a radius that settles at the end).",
             "choices": list(LR_SCHEDULES),
         },
     )
@@ -132,7 +139,7 @@ class LETSTrainingArguments(TrainingArguments):
         default="signum",
         metadata={
             "help": "Radius optimizer on log rho: 'signum' (exactly lets_lr per hyper-step in the sign of the "
-            "hypergradient's momentum: the signal is in the signs, docs/results.md section 7), 'adam' or 'sgd'.",
+            "hypergradient's momentum: its signal is in the signs), 'adam' or 'sgd'.",
             "choices": list(RADIUS_OPTIMIZERS),
         },
     )
@@ -196,8 +203,7 @@ class LETSTrainingArguments(TrainingArguments):
         metadata={
             "help": "Per-device batch size of the held-out loader (default per_device_train_batch_size). Smaller is "
             "cheaper, the held-out pass costing lets_batch_size / per_device_train_batch_size of a training pass per "
-            "hyper-step, and noisier: half the training batch slowed the radius from a bad start "
-            "(docs/results.md section 7)."
+            "hyper-step, and noisier: half the training batch slowed the radius's descent from a bad start."
         },
     )
     lets_guard_tolerance: float | None = field(

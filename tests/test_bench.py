@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from glue_runs import bench_speed
-from glue_runs.bench_speed import floors, main, measure_times, parse
+from glue_runs.studies import bench_speed
+from glue_runs.studies.bench_speed import floors, main, measure_times, parse
 from lets_hf import trainer as lets_trainer_module
 from lets_hf.hypergradient import lookahead_add_
 
@@ -67,7 +67,7 @@ def test_bench_speed_runs_and_reports(tmp_path):
 
 REUSE_PROBE = """
 import resource, sys, torch
-from glue_runs.bench_speed import keep_freed_memory
+from glue_runs.studies.bench_speed import keep_freed_memory
 applied = keep_freed_memory() if sys.argv[1] == "keep" else None
 faults = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 counts = []

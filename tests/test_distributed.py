@@ -1,5 +1,5 @@
 """Real DDP on CPU: `torchrun --nproc_per_node 2` (gloo, use_cpu=True). After several steps both ranks hold the same
-parameters and rho, equal to the single-process run LETS.md names: batch 2b for a global perturbation, gradient
+parameters and rho, equal to the single-process run the derivation names: batch 2b for a global perturbation, gradient
 accumulation 2 x b for per-rank perturbations (and both with accumulation 2 on top)."""
 
 import os

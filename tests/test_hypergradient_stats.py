@@ -5,8 +5,8 @@ import math
 
 import pytest
 
-from glue_runs.hypergradient_stats import main, summarize
 from glue_runs.report import write_history_csv
+from glue_runs.studies.hypergradient_stats import main, summarize
 
 
 def write_history(path, hypergradients):
@@ -93,7 +93,7 @@ def test_replay_ranks_radius_optimizers_on_a_records_recorded_values(tmp_path, c
     record = {"task": "MRPC", "method": "lets", "seed": 0, "final_rho": 0.05, "settings": {"sam_rho": 0.1}}
     path = tmp_path / "sweep.jsonl"
     path.write_text(json.dumps({**record, "lets_history": history}) + "\n")
-    from glue_runs.hypergradient_stats import replay
+    from glue_runs.studies.hypergradient_stats import replay
 
     assert replay({**record, "lets_history": history}, "signum") == pytest.approx(0.001)
     assert 0.005 < replay({**record, "lets_history": history}, "adam") < 0.1
@@ -111,7 +111,7 @@ def test_replay_with_a_clip_keeps_a_heavy_tailed_pair_from_turning_the_radius(tm
     history = [{"step": 2 + 10 * i, "rho": 0.1, "hypergradient": v} for i, v in enumerate(values)]
     record = {"task": "STS-B", "method": "lets", "seed": 2, "final_rho": 0.05, "settings": {"sam_rho": 0.1}}
     record["lets_history"] = history
-    from glue_runs.hypergradient_stats import replay
+    from glue_runs.studies.hypergradient_stats import replay
 
     lr = math.log(100) / len(values)  # the default lets_lr of a run of 32 hyper-steps
     assert replay(record, "signum") > 0.1 * math.exp(-lr * (len(values) - 4))  # lost ground to the pair

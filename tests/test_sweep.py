@@ -8,7 +8,7 @@ import os
 import pytest
 import yaml
 
-from glue_runs.sweep import main
+from glue_runs.studies.sweep import main
 
 
 def write_config(tmp_path, glue_dir, model):
@@ -28,7 +28,7 @@ def write_config(tmp_path, glue_dir, model):
             "max_train_samples": 48,
             "max_eval_samples": 24,
             "max_seq_length": 48,
-            "max_steps": 2,
+            "max_steps": 3,
             "eval_strategy": "steps",
             "eval_steps": 1,
             "per_device_train_batch_size": 8,
@@ -57,20 +57,24 @@ def records(config):
 def test_sweep_runs_resumes_and_renders(tmp_path, glue_dir, tiny_roberta):
     path, config = write_config(tmp_path, glue_dir, tiny_roberta)
     main([path, "--max-runs", "3"])  # one sitting: 3 of the 4 runs
-    assert f"3 of 4 runs finished. Command: `python -m glue_runs.sweep {path}`" in (tmp_path / "page.md").read_text()
+    assert (
+        f"3 of 4 runs finished. Command: `python -m glue_runs.studies.sweep {path}`"
+        in (tmp_path / "page.md").read_text()
+    )
     first = records(config)
     assert [(r["method"], r["seed"]) for r in first] == [("adamw", 0), ("lets-sam", 0), ("adamw", 1)]
     assert all(r["metric"] == "accuracy" and 0 <= r["value"] <= 1 for r in first)
     lets = first[1]
-    assert lets["lets"] and lets["final_rho"] > 0 and [s for s, _ in lets["rho_trajectory"]] == [2]
+    assert lets["lets"] and lets["final_rho"] > 0 and [s for s, _ in lets["rho_trajectory"]] == [2, 3]
     assert lets["heldout"]["heldout_source"] == "train" and first[0]["final_rho"] is None
     assert lets["guard_trips_at"] == [] and lets["all_results"]["train_final_rho"] == lets["final_rho"]
     assert lets["label_noise"] == {} and "train_loss" in first[0]["all_results"]
     assert 0 < lets["cpu_seconds"] and all(r["wall_seconds"] > 0 for r in first)
-    (hyper,) = lets["lets_history"]  # every hyper-step's numbers, so that the SNR figures come from the records
-    assert hyper["step"] == 2 and hyper["guard_tripped"] is False and hyper["rho"] == lets["final_rho"]
+    first_hyper, hyper = lets["lets_history"]  # every hyper-step's numbers: the SNR figures come from the records
+    assert first_hyper["hypergradient"] == 0  # its look-ahead is Adam's first step, which adds nothing
+    assert hyper["step"] == 3 and hyper["guard_tripped"] is False and hyper["rho"] == lets["final_rho"]
     assert {"gap", "hypergradient", "train_loss", "heldout_loss"} <= set(hyper) and hyper["hypergradient"] != 0
-    assert [e["step"] for e in first[0]["eval_curve"]] == [1, 2]  # the dev metric during training, per evaluation
+    assert [e["step"] for e in first[0]["eval_curve"]] == [1, 2, 3]  # the dev metric during training, per evaluation
     assert all(0 <= e["eval_accuracy"] <= 1 for e in first[0]["eval_curve"])
 
     interrupted = tmp_path / "runs" / "RTE" / "lets-sam" / "seed1"  # a run killed half-way leaves a folder
@@ -116,7 +120,7 @@ def test_sweep_refuses_results_made_with_other_settings(tmp_path, glue_dir, tiny
 
 def test_details_give_per_seed_values_costs_and_the_two_sd_rule():
     """The numbers the page's verdicts rest on: per-seed values, minutes, and 'under two sd is no difference'."""
-    from glue_runs.sweep import render_details
+    from glue_runs.studies.sweep import render_details
 
     config = {
         "tasks": ["MRPC"],
@@ -159,7 +163,7 @@ def test_details_give_per_seed_values_costs_and_the_two_sd_rule():
 def test_a_method_that_leaves_lets_out_learns_its_radius_as_lets_glue_runs_it():
     """The records' ``lets`` and the grid follow what the run did: lets-glue's default is ``lets=True``, so a SAM
     method without the flag learned its radius (a control once ran LETS while its record said fixed)."""
-    from glue_runs.sweep import LETS_DEFAULT, is_grid, learns_radius
+    from glue_runs.studies.sweep import LETS_DEFAULT, is_grid, learns_radius
 
     assert LETS_DEFAULT is True  # read from LETSTrainingArguments: what a bare method below runs with
     config = {
@@ -180,7 +184,7 @@ def test_a_method_that_leaves_lets_out_learns_its_radius_as_lets_glue_runs_it():
 def test_plot_names_the_methods_at_each_fixed_radius():
     """The dashed lines the learned radii are read against: each fixed radius once, with the methods that ran at it
     (SAM 0.1 and ASAM 0.1 are different perturbations), and nothing for AdamW or LETS runs or other tasks."""
-    from glue_runs.sweep import grid_radii
+    from glue_runs.studies.sweep import grid_radii
 
     def record(rho, variant="sam", lets=False):
         return {"lets": lets, "settings": {"sam_rho": rho, "sam_variant": variant}}
@@ -201,7 +205,7 @@ def test_plot_names_the_methods_at_each_fixed_radius():
 def test_baselines_come_from_the_other_sweep_for_this_sweeps_tasks_and_seeds_only(tmp_path):
     """A new method is read against a grid run once: the other sweep's listed methods join the table for this
     sweep's tasks and seeds; another base (other examples, other epochs) is refused, not mixed in."""
-    from glue_runs.sweep import with_baselines
+    from glue_runs.studies.sweep import with_baselines
 
     base = {"num_train_epochs": 3}
     other = {
@@ -241,7 +245,7 @@ def test_baselines_come_from_the_other_sweep_for_this_sweeps_tasks_and_seeds_onl
 
 def test_baselines_from_several_sweeps_join_in_order(tmp_path):
     """A list of baselines reads each sweep's methods; a method two of them list comes from the first."""
-    from glue_runs.sweep import with_baselines
+    from glue_runs.studies.sweep import with_baselines
 
     base = {"num_train_epochs": 3}
     for name, value in (("grid", 0.1), ("clip", 0.2)):
@@ -288,7 +292,7 @@ def test_a_sweep_split_by_seed_fills_one_results_file(tmp_path, glue_dir, tiny_r
 def test_dev_curves_are_tabled_and_plotted_per_evaluation(tmp_path):
     """Runs that evaluated during training (eval_strategy epoch) get a table of the dev metric per evaluation, mean
     +- sd over seeds, and a third plot row; a method whose runs evaluated only at the end gets neither."""
-    from glue_runs.sweep import dev_curves, render_curves, render_plot
+    from glue_runs.studies.sweep import dev_curves, render_curves, render_plot
 
     config = {"tasks": ["SST-2"], "seeds": [0, 1], "methods": {"adamw": {"sam_variant": "none"}, "sam": {}}}
 
@@ -313,14 +317,14 @@ def test_dev_curves_are_tabled_and_plotted_per_evaluation(tmp_path):
 
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
-SHIPPED_SWEEPS = sorted(glob.glob(os.path.join(ROOT, "glue_runs", "configs", "sweep_*.yaml")))
+SHIPPED_SWEEPS = sorted(glob.glob(os.path.join(ROOT, "glue_runs", "studies", "configs", "sweep_*.yaml")))
 
 
 @pytest.mark.parametrize("path", SHIPPED_SWEEPS, ids=os.path.basename)
 def test_every_shipped_sweep_still_accepts_its_committed_records(path, monkeypatch):
     """A config edited after its runs (a setting pinned, a method changed) must not make the sweep refuse its own
     records: the results pages are rendered from them, and baselines of other sweeps are read from them."""
-    from glue_runs.sweep import check_settings, finished, load_config, with_baselines
+    from glue_runs.studies.sweep import check_settings, finished, load_config, with_baselines
 
     monkeypatch.chdir(ROOT)  # the configs name their results relative to the repository
     config = load_config(path)

@@ -49,7 +49,7 @@ def test_defaults_let_the_radius_travel(tmp_path):
     assert args.rho_bounds == pytest.approx((0.001, 1.0))  # two decades down, one up
     assert args.heldout_batch_size == 16 and args.lets and args.lets_interval == 10
     assert args.lets_lr is None and args.lets_travel == 1e4  # lets_lr follows the run's length (radius_lr)
-    # the estimator results.md section 7 chose: the interval look-ahead, a sign step, the tail clipped
+    # the estimator results-log.md section 7 chose: the interval look-ahead, a sign step, the tail clipped
     assert (args.lets_horizon, args.lets_optimizer, args.lets_clip) == ("interval", "signum", 3.0)
     assert args.lets_objective == "heldout" and args.lets_guard_patience == 10
     assert not LETSTrainingArguments(output_dir=str(tmp_path), sam_variant="none").lets

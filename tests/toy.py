@@ -12,7 +12,7 @@ LR = 0.1  # the plain-SGD learning rate of the hand references
 
 
 class LinearRegressor(nn.Module):
-    """Least squares ``1/2 mean((x^T w + b - y)^2)`` in float64: a quadratic loss, where LETS.md's estimators are
+    """Least squares ``1/2 mean((x^T w + b - y)^2)`` in float64: a quadratic loss, where the estimators are
     exact. Records the inputs of every forward pass, so tests can rebuild the batches the trainer used."""
 
     def __init__(self, dim: int = 3, seed: int = 0):
@@ -95,7 +95,7 @@ def hand_direction(variant, w, b, gw, gb, eta=0.01):
 
 
 def sam_sgd_step(w, b, micro_batches, rho, variant, eta=0.01):
-    """theta' = theta - lr * mean_i grad l(theta + rho d_i; B_i): LETS.md's per-micro-batch semantics by hand."""
+    """theta' = theta - lr * mean_i grad l(theta + rho d_i; B_i): the per-micro-batch semantics by hand."""
     gw_acc, gb_acc = torch.zeros_like(w), torch.zeros_like(b)
     for x, y in micro_batches:
         w0, b0 = w.clone().requires_grad_(), b.clone().requires_grad_()

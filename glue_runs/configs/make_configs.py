@@ -7,7 +7,7 @@ Where the settings come from:
 - RoBERTa: the same, plus 6% linear warm-up and weight decay 0.1 (Liu et al. 2019, Table 10).
 - SAM radius 0.01, the library's default start: within the range of published SAM+AdamW fine-tuning radii (1e-4 to
   1e-2), where Foret et al.'s 0.05 (a CIFAR/SGD value) was harmful in our few-thousand-example runs
-  (docs/results.md); LETS moves it from there.
+  (docs/results-log.md); LETS moves it from there.
 - LETS: the library's defaults (docs/algorithm.md, "Defaults"), written out so a config shows every choice; lets_lr
   is left to follow the run's length (ln(lets_travel) / hyper-steps).
 """

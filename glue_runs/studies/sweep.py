@@ -1,4 +1,4 @@
-"""A resumable quality sweep: `python -m glue_runs.sweep glue_runs/configs/sweep_minilm.yaml`.
+"""A resumable quality sweep: `python -m glue_runs.studies.sweep glue_runs/studies/configs/sweep_minilm.yaml`.
 
 Runs `lets-glue` over tasks x methods x seeds from one config, each run in its own folder
 (``output_root/<task>/<method>/seed<k>``) and its own process. A finished run appends one line to the results JSONL
@@ -40,10 +40,10 @@ import yaml
 
 from lets_hf.training_args import LETSTrainingArguments
 
-from .report import atomic_write, atomic_write_text
-from .tasks import get_task
+from ..report import atomic_write, atomic_write_text
+from ..tasks import get_task
 
-# The metric each task's column shows (the first of its official GLUE metrics; STS-B Pearson as in LETS.md).
+# The metric each task's column shows (the first of its official GLUE metrics; STS-B Pearson as in docs/algorithm.md).
 MAIN_METRIC = {"CoLA": "matthews_correlation", "STS-B": "pearson", "MRPC": "accuracy", "SST-2": "accuracy"}
 
 
@@ -57,7 +57,9 @@ def load_config(path: str) -> dict:
         config = yaml.safe_load(f)
     for key in ("output_root", "results", "base", "tasks", "methods", "seeds"):
         if key not in config:
-            raise ValueError(f"{path}: the sweep config needs '{key}' (see glue_runs/configs/sweep_minilm.yaml).")
+            raise ValueError(
+                f"{path}: the sweep config needs '{key}' (see glue_runs/studies/configs/sweep_minilm.yaml)."
+            )
     return config
 
 
@@ -488,7 +490,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--methods", nargs="+", help="run only these of the config's methods")
     opts = parser.parse_args(argv)
     config = load_config(opts.config)
-    command = f"python -m glue_runs.sweep {opts.config}"  # what produces the table: not --max-runs/--render-only
+    command = (
+        f"python -m glue_runs.studies.sweep {opts.config}"  # what produces the table: not --max-runs/--render-only
+    )
     done, new = finished(config["results"]), 0
     check_settings(config, done)
     for task, method, seed in [] if opts.render_only else plan(config):

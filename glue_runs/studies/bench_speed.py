@@ -1,4 +1,4 @@
-"""The cost of SAM and LETS, side by side: `python -m glue_runs.bench_speed --model minilm`.
+"""The cost of SAM and LETS, side by side: `python -m glue_runs.studies.bench_speed --model minilm`.
 
 Every method trains the same model from the same weights on the same batches, on this machine, in one run. After
 one untimed block that warms the process up, the methods are interleaved (A B C ... A B C ...), each block a fresh
@@ -34,8 +34,8 @@ from transformers import AutoModelForSequenceClassification, BertConfig, BertFor
 from lets_hf import LETSTrainer, LETSTrainingArguments
 from lets_hf import trainer as lets_trainer_module
 
-from .report import atomic_write_text
-from .run_glue import resolve_model_path
+from ..report import atomic_write_text
+from ..run_glue import resolve_model_path
 
 # name -> LETSTrainingArguments overrides (None: the stock Trainer with AdamW, "ERM")
 METHODS: dict[str, dict | None] = {
@@ -103,9 +103,9 @@ def keep_freed_memory() -> bool:
     Why the timing process does this: with glibc's defaults a CPU step maps part of its memory afresh and pays a page
     fault per 4 KiB, and how much depends on where the heap's free blocks happen to lie, not on the method: SAM's
     blocks faulted 25k-90k times a step on MiniLM, LETS-SAM's 69k-112k (docs/bench/minilm_copy.json and
-    minilm_i20.json; docs/results.md section 7, "What the CPU's allocator costs"), more noise than the 5% a held-out
-    pass every 10 steps costs. Kept, the faults are
-    gone and the methods differ by their work. ``--allocator system`` measures glibc's defaults."""
+    minilm_i20.json; docs/results-log.md section 7, "What the CPU's allocator costs"), more noise than the 5% a
+    held-out pass every 10 steps costs. Kept, the faults are gone and the methods differ by their work.
+    ``--allocator system`` measures glibc's defaults."""
     if sys.platform != "linux" or platform.libc_ver()[0] != "glibc":
         return False
     libc = ctypes.CDLL("libc.so.6")
@@ -125,7 +125,7 @@ class StepTimer(TrainerCallback):
     LETSTrainer it `watch`es, also the seconds of each step spent in LETS's own work (``own``).
 
     The own time pairs LETS with SAM inside one step: ``1 / (1 - own share)`` is LETS-SAM over SAM with both halves
-    timed under the same load, where two blocks minutes apart differ by the host's bursts (docs/results.md section
+    timed under the same load, where two blocks minutes apart differ by the host's bursts (docs/results-log.md section
     7). It leaves out what LETS costs SAM's own work indirectly (page faults, caches); the side-by-side ratio
     keeps that."""
 
@@ -246,7 +246,7 @@ def measure_memory(method: str, opts: argparse.Namespace) -> float:
         torch.cuda.reset_peak_memory_stats()
         train_block(method, opts, 2)
         return float(torch.cuda.max_memory_allocated())
-    cmd = [sys.executable, "-m", "glue_runs.bench_speed", "--memory-worker", method, *opts.passthrough]
+    cmd = [sys.executable, "-m", "glue_runs.studies.bench_speed", "--memory-worker", method, *opts.passthrough]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return float(proc.stdout.strip().splitlines()[-1])
 
@@ -438,7 +438,7 @@ def main(argv=None) -> list[dict]:
     blocks, faults, own = ({m: [] for m in methods}, {}, {}) if opts.memory_only else measure_times(methods, opts)
     memory = {} if opts.no_memory else {m: measure_memory(m, opts) for m in methods}
     rows, table = report(blocks, memory, n_params, opts, faults, own)
-    command = "python -m glue_runs.bench_speed " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = "python -m glue_runs.studies.bench_speed " + " ".join(sys.argv[1:] if argv is None else argv)
     print(f"\n{table}\n\nCommand: `{command}`")
     if opts.out:
         atomic_write_text(f"{opts.out}.md", f"{table}\n\nCommand: `{command}`\n")

@@ -4,9 +4,9 @@ LETS moves log rho with Adam on one held-out batch's hypergradient per hyper-ste
 its 100-fold range depends on how consistent the hypergradient's sign is, which this measures for every LETS run
 under a folder (a sweep's output root)::
 
-    python -m glue_runs.hypergradient_stats runs/sweep_full                    # run folders on disk
-    python -m glue_runs.hypergradient_stats docs/results/sweep_full.jsonl      # committed sweep records
-    python -m glue_runs.hypergradient_stats docs/results/a.jsonl docs/results/b.jsonl   # one table of both
+    python -m glue_runs.studies.hypergradient_stats runs/sweep_full                    # run folders on disk
+    python -m glue_runs.studies.hypergradient_stats docs/results/sweep_full.jsonl      # committed sweep records
+    python -m glue_runs.studies.hypergradient_stats docs/results/a.jsonl docs/results/b.jsonl   # one table of both
 
 Per run: the hyper-steps counted, how many pointed down (a positive dF/drho shrinks rho), the per-step
 signal-to-noise mean/sd, the run's mean in standard errors (|t| < 2: the whole run's hypergradients do not agree on a
