@@ -13,6 +13,11 @@ pass gives ``h_V^T Z``, the ascents of step ``t`` give ``g'^T Z`` and ``l(theta;
 takes one step on ``dF/drho``. On feeding steps ``u`` is formed at the end, for the next step. With
 ``sam_every = k`` only every k-th step is perturbed (and feeds); the others are one pass at ``theta``, plus LookSAM's
 reused ``g_v`` when ``sam_reuse="looksam"`` (docs/algorithm.md, "Cheaper SAM").
+
+Why one file of this size: every method below reads or writes the state of the optimizer step in flight (the saved
+``theta``, the look-ahead ``Z``, the pending ``u``, the hyper-step's sums), and the Trainer's hooks it overrides
+(``training_step``, ``log``, checkpoints, the trial hook, the model card) are where that state enters and leaves;
+split across modules it would be passed around as a bag. No formula lives here.
 """
 
 from __future__ import annotations
