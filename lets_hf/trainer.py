@@ -129,7 +129,7 @@ class LETSTrainer(Trainer):
             )
         elif lets_dataset is not None and not args.lets:
             logger.warning("lets_dataset is ignored: lets=False keeps the radius fixed.")
-        elif lets_dataset is not None and self.lets_split is None:
+        elif lets_dataset is not None:  # given by the user: in the form the host prepares its data
             lets_dataset = self._prepare_lets_dataset(lets_dataset)
         if hasattr(self.model, "add_model_tags"):  # as TRL's trainers tag theirs: the Hub shows how it was trained
             self.model.add_model_tags(self._tag_names)
