@@ -205,5 +205,5 @@ def test_the_readme_snippet_runs_offline_with_the_packaged_model(tmp_path, glue_
     proc = subprocess.run([sys.executable, "-c", header + code], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     start, end = re.search(r"rho: (\S+) -> (\S+)", proc.stdout).groups()
-    assert float(start) == 0.01 and float(end) != 0.01
+    assert float(start) == 0.01 and f"`{end}` when the test suite runs it offline" in read("README.md")  # as said
     assert (tmp_path / "out" / "lets_history.csv").is_file() and (tmp_path / "out" / "lets_history.png").is_file()
