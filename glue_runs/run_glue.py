@@ -77,8 +77,8 @@ class DataArguments:
         default="auto",
         metadata={
             "help": "Where the data comes from: 'hub' (nyu-mll/glue), 'glue_dir' (original TSVs), "
-            "'files' (--train_file ...), or 'auto': files if given, else the GLUE folder (--glue_dir or "
-            "GLUE_DIR) when it holds the task's training file, else hub.",
+            "'files' (--train_file ...), or 'auto': files if given, else the folder --glue_dir names, else the "
+            "GLUE_DIR folder when it holds the task's training file, else hub.",
             "choices": ["auto", "hub", "glue_dir", "files"],
         },
     )
@@ -290,8 +290,10 @@ def load_data(data_args: DataArguments, args) -> tuple[GlueTask, datasets.Datase
     task = get_task(data_args.task_name) if data_args.task_name else None
     source = data_args.data_source
     glue_dir = data_args.glue_dir or os.environ.get("GLUE_DIR")
-    if source == "auto":
-        local = bool(glue_dir) and task is not None and os.path.isfile(tsv_path(glue_dir, task, "train"))
+    if source == "auto":  # a folder named on the command line is meant; the environment's only when it fits
+        local = data_args.glue_dir is not None or (
+            bool(glue_dir) and task is not None and os.path.isfile(tsv_path(glue_dir, task, "train"))
+        )
         source = "files" if data_args.train_file or data_args.validation_file else "glue_dir" if local else "hub"
     if source == "files":
         task, raw = load_custom_files(task, data_args.train_file, data_args.validation_file, data_args.test_file)

@@ -314,7 +314,8 @@ def test_none_turns_an_optional_setting_off_on_the_command_line_and_in_a_config(
 
 
 def test_auto_reads_the_local_glue_files_when_they_hold_the_task_else_the_hub(monkeypatch, tmp_path, glue_dir):
-    """The demo config names no data source: a GLUE folder is used when present, the Hub otherwise."""
+    """The demo config names no data source: GLUE_DIR is used when it holds the task, the Hub otherwise; a folder
+    named with --glue_dir is always meant (a wrong path is an error, test_bad_input_is_one_clear_line)."""
     from glue_runs import run_glue
 
     class FromHub(Exception):
@@ -333,3 +334,7 @@ def test_auto_reads_the_local_glue_files_when_they_hold_the_task_else_the_hub(mo
     monkeypatch.setenv("GLUE_DIR", glue_dir)
     task, raw, where = run_glue.load_data(data, args)
     assert "GLUE TSV files under" in where and len(raw["train"]) == 8
+    monkeypatch.delenv("GLUE_DIR")
+    named = run_glue.DataArguments(task_name="RTE", glue_dir=str(tmp_path / "nope"))
+    with pytest.raises(run_glue.DataError, match="does not exist"):
+        run_glue.load_data(named, args)
