@@ -19,7 +19,8 @@ HISTORY_FIELDS = ("step", "rho", "gap", "hypergradient", "train_loss", "heldout_
 
 
 def write_history_csv(history: Sequence[dict], path: str) -> None:
-    """One row per radius hyper-step: step, rho, gap, hypergradient, train loss, held-out loss, guard tripped.
+    """One row per radius hyper-step: step, rho, gap, hypergradient, train loss, held-out loss, guard tripped (and
+    sigma, for a run with a loss budget).
 
     Args:
         history: `LETSTrainer.lets_history`.
@@ -28,7 +29,8 @@ def write_history_csv(history: Sequence[dict], path: str) -> None:
 
     def write(tmp):
         with open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=HISTORY_FIELDS, extrasaction="ignore")
+            budget = ("sigma",) if history and "sigma" in history[0] else ()  # a loss-budget run's learned sigma
+            writer = csv.DictWriter(f, fieldnames=(*HISTORY_FIELDS, *budget), extrasaction="ignore")
             writer.writeheader()
             writer.writerows(history)
 

@@ -34,6 +34,9 @@ def radius_card(args: Any, history: list[dict[str, Any]], final_rho: float) -> s
         f"| variant | `{args.sam_variant}` |",
         f"| starting radius (`sam_rho`) | {s['start']:.4g} |",
     ]
+    if getattr(args, "sam_budget", None) is not None:  # the radius is the budget's: sam_rho is its ceiling
+        ceiling = f"radius at most `sam_rho` = {args.sam_rho:.4g}"
+        lines[-1] = f"| loss budget (`sam_budget`) | {args.sam_budget:.4g}, {ceiling} |"
     if args.lets:
         low, high = args.rho_bounds
         lines += [

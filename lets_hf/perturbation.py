@@ -30,6 +30,7 @@ __all__ = [
     "Direction",
     "asam_direction",
     "available_perturbations",
+    "budget_radius",
     "get_perturbation",
     "global_norm",
     "looksam_gradient_",
@@ -103,6 +104,29 @@ def asam_direction(params: list[Tensor], grads: list[Tensor], *, eta: float = 0.
     d = torch._foreach_mul(tg, t)  # T^2 g
     torch._foreach_mul_(d, scale.to(grads[0].dtype))
     return d
+
+
+def budget_radius(
+    grads: list[Tensor], directions: list[Tensor], sigma: float, rho_max: float
+) -> tuple[Tensor, Tensor]:
+    """The loss budget's radius (LE-SAM, Wang et al. 2026): the one whose first-order loss increase is ``sigma``.
+
+    ``l(theta + rho d) ~ l(theta) + rho g^T d``, so ``rho = sigma / g^T d``, capped at ``rho_max``:
+    ``sigma / ||g||`` for SAM, ``sigma / ||T g||`` for ASAM. As the gradient shrinks while a model fits its data the
+    radius grows, without a learned step. Both results are 0-dim float64 tensors (no host sync).
+
+    Args:
+        grads: the ascent gradients ``g``.
+        directions: the unit-radius direction ``d`` of the variant.
+        sigma: the budget (``sam_budget``).
+        rho_max: the ceiling (``sam_rho``).
+    Returns:
+        ``(rho, free)``: the radius, and 1.0 where it is under the ceiling (``d rho / d log sigma = rho``), 0.0 where
+        the ceiling holds it (``d rho / d log sigma = 0``).
+    """
+    rho = sigma / (dot(grads, directions) + _TINY)
+    free = (rho < rho_max).to(rho.dtype)
+    return torch.clamp(rho, max=rho_max), free
 
 
 def orthogonal_part_(g: list[Tensor], G: list[Tensor]) -> list[Tensor]:

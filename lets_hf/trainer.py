@@ -47,7 +47,7 @@ from .hypergradient import (
     optimizer_kind,
     secant_curvature_,
 )
-from .perturbation import get_perturbation, looksam_gradient_, orthogonal_part_
+from .perturbation import budget_radius, get_perturbation, looksam_gradient_, orthogonal_part_
 from .radius import LossGuard, RadiusState, guarded_radius_step, planned_hyper_steps, radius_lr, scheduled_lr
 from .tensor_lists import accumulate_, all_finite, all_reduce_mean_, copy_into, dot, grads_of, zeros_into
 from .training_args import _BACKEND_MESSAGE, LETSTrainingArguments
@@ -159,7 +159,10 @@ class LETSTrainer(Trainer):
         args = self.args
         self._params: list[torch.Tensor] | None = None  # model_init may bring a new model to each train()
         self._theta: list[torch.Tensor] | None = None  # the saved copy the weights are restored from
-        self.radius = RadiusState(log_rho=math.log(args.sam_rho) if args.sam_rho > 0 else -math.inf)
+        start = args.lets_start  # with a loss budget, log_rho holds log sigma
+        self.radius = RadiusState(log_rho=math.log(start) if start > 0 else -math.inf)
+        self._budget_rho: torch.Tensor | None = None  # the loss budget's radius at the latest perturbed micro-batch
+        self._budget_free: torch.Tensor | None = None  # 1 while no micro-batch of this step hit the ceiling
         self.guard = None
         if args.lets_guard_tolerance:
             self.guard = LossGuard(
@@ -201,8 +204,15 @@ class LETSTrainer(Trainer):
 
     @property
     def rho(self) -> float:
-        """The current perturbation radius."""
-        return self.radius.rho
+        """The current perturbation radius (with ``sam_budget``: the latest perturbed step's, NaN before one)."""
+        if self.args.sam_budget is None:
+            return self.radius.rho
+        return math.nan if self._budget_rho is None else float(self._budget_rho)
+
+    @property
+    def sigma(self) -> float | None:
+        """The loss budget (``sam_budget``, learned when ``lets``); None for a radius."""
+        return self.radius.rho if self.args.sam_budget is not None else None
 
     @property
     def radius_lr(self) -> float:
@@ -255,6 +265,12 @@ class LETSTrainer(Trainer):
         if self._w is not None:  # g'^T w and l(theta; B') for the hyper-step in progress
             self._sums[2:] += torch.stack([loss.double(), dot(grads, self._w)]) / n_accum
         d = self.direction(params, grads, eta=self.args.asam_eta) if finite else None
+        step_size = self.rho
+        if self.args.sam_budget is not None and d is not None:  # d becomes eps = rho_i d, rho_i the budget's
+            self._budget_rho, free = budget_radius(grads, d, self.sigma, self.args.sam_rho)
+            torch._foreach_mul_(d, self._budget_rho.to(d[0].dtype))
+            self._budget_free = free if self._budget_free is None else self._budget_free * free
+            step_size = 1.0
         if self._look is not None and finite:
             torch._foreach_add_(self._look, grads, alpha=1.0 / n_accum)
         if self._feeding and finite and self.args.lets_hvp != "exact":  # exact: its own pass, `_accumulate_hvp`
@@ -265,7 +281,7 @@ class LETSTrainer(Trainer):
             p.grad = a
         with torch.no_grad():
             if d is not None:
-                torch._foreach_add_(params, d, alpha=self.rho)
+                torch._foreach_add_(params, d, alpha=step_size)
         with self._extra_pass():
             if self._feeding and self.args.lets_hvp == "exact" and finite:
                 with self._rewound_rng():
@@ -378,7 +394,7 @@ class LETSTrainer(Trainer):
 
     def _end_optimizer_step(self, params) -> None:
         """After the last micro-batch: the radius step of the hyper-step in progress, then u for the next one."""
-        rho = self.rho
+        rho = self.rho if self.args.sam_budget is None else 1.0  # a budget's u is d G / d log sigma: no division
         if self._w is not None:
             if not self._perturb:  # a plain step's g'^T w: its own gradient, before a LookSAM term joins it
                 self._sums[3] = dot(grads_of(params), self._w) * self._inv_scale()
@@ -389,6 +405,7 @@ class LETSTrainer(Trainer):
         if self._u_acc is not None:  # None: not a feeding step, or every ascent overflowed (fp16)
             self._pending = self._form_curvature(params, rho)
             self._u_acc = None
+        self._budget_free = None
         if self._look is not None:
             self._reuse_look(params)
 
@@ -418,15 +435,18 @@ class LETSTrainer(Trainer):
             logger.warning("LETS: non-finite hyper-step at step %d skipped.", self.state.global_step)
             return
         gap = loss_v - loss_b
-        dF_drho = hypergradient(gap, s_v, s_b, self.args.lets_objective)
-        dF_drho /= self.rho if self.args.lets_horizon == "trace" else 1.0  # trace's dots are dF/ds
         args = self.args
+        dF_drho = hypergradient(gap, s_v, s_b, args.lets_objective)
+        if args.sam_budget is not None:  # the dots are dF/d log sigma: the radius step takes dF/dsigma
+            dF_drho /= self.sigma
+        elif args.lets_horizon == "trace":  # the dots are dF/ds, s a shift of log rho
+            dF_drho /= self.rho
         self.radius, message = guarded_radius_step(
             self.radius,
             self.guard,
             dF_drho,
             loss_b,
-            sam_rho=args.sam_rho,
+            sam_rho=args.lets_start,
             lr=self.radius_lr,
             optimizer=args.lets_optimizer,
             clip=args.lets_clip,
@@ -436,6 +456,8 @@ class LETSTrainer(Trainer):
         if message:
             logger.warning("LETS loss guard at step %d: %s", self.state.global_step, message)
         record = {"step": self.state.global_step + 1, "rho": self.rho, "gap": gap, "hypergradient": dF_drho}
+        if args.sam_budget is not None:
+            record["sigma"] = self.sigma
         tripped = bool(self.guard and self.guard.tripped)
         self.lets_history.append({**record, "train_loss": loss_b, "heldout_loss": loss_v, "guard_tripped": tripped})
 
@@ -447,6 +469,11 @@ class LETSTrainer(Trainer):
         inv_scale = self._inv_scale()
         grads = grads_of(params)
         clip_coef = clip_coefficient(grads, self.args.max_grad_norm, inv_scale)
+        if self._budget_free is not None:  # d rho_i / d log sigma = 0 under the ceiling (rank-wide for the secant)
+            free = self._budget_free
+            if self.accelerator.num_processes > 1 and not self.args.sam_sync_perturbation:
+                free = torch.floor(self.accelerator.reduce(free, reduction="mean"))
+            clip_coef = free.float() * clip_coef
         if self.args.lets_hvp == "secant":  # grads carry fp16's loss scale; c joins u in the same pass
             secant_curvature_(u, grads, rho, descent_scale=inv_scale, factor=clip_coef)
             clip_coef = 1.0
@@ -476,6 +503,8 @@ class LETSTrainer(Trainer):
         """Add ``rho`` (and, once LETS has stepped, ``lets_gap`` and ``lets_hypergrad``) to training logs."""
         if "loss" in logs and self.direction is not None:
             logs["rho"] = self.rho
+            if self.args.sam_budget is not None:
+                logs["sam_budget"] = self.sigma
             if self.lets_history:
                 last = self.lets_history[-1]
                 logs.update(lets_gap=last["gap"], lets_hypergrad=last["hypergradient"])

@@ -53,6 +53,16 @@ class LETSTrainingArguments(TrainingArguments):
             "lies among published SAM+AdamW fine-tuning radii; 0.05 (CIFAR/SGD) hurt small-data fine-tunes."
         },
     )
+    sam_budget: float | None = field(
+        default=None,
+        metadata={
+            "help": "Loss budget sigma (LE-SAM: Wang et al., ICML 2026): each step's radius is the one whose "
+            "first-order loss increase is sigma, rho_t = min(sigma / g^T d, sam_rho) (g^T d: the gradient norm "
+            "for SAM), so it grows as the gradient shrinks; sam_rho is then the ceiling. With lets=True LETS learns "
+            "log sigma within [sigma / 100, 100 sigma] (lets_rho_min/max, when given, bound sigma). None: a "
+            "radius, not a budget."
+        },
+    )
     asam_eta: float = field(
         default=0.01,
         metadata={"help": "ASAM's offset eta in T = |theta| + eta (also passed to registered variants)."},
@@ -177,11 +187,11 @@ class LETSTrainingArguments(TrainingArguments):
     )
     lets_rho_min: float | None = field(
         default=None,
-        metadata={"help": "Lower bound on rho (default sam_rho / 100)."},
+        metadata={"help": "Lower bound on rho (default sam_rho / 100; with sam_budget, on sigma: sigma / 100)."},
     )
     lets_rho_max: float | None = field(
         default=None,
-        metadata={"help": "Upper bound on rho (default 10 * sam_rho)."},
+        metadata={"help": "Upper bound on rho (default 10 * sam_rho; with sam_budget, on sigma: 100 * sigma)."},
     )
     lets_hvp: str = field(
         default="secant",
@@ -243,13 +253,20 @@ class LETSTrainingArguments(TrainingArguments):
         super().__post_init__()
 
     @property
+    def lets_start(self) -> float:
+        """What LETS learns (in log space), at its start: ``sam_budget`` with a loss budget, else ``sam_rho``."""
+        return self.sam_budget if self.sam_budget is not None else self.sam_rho
+
+    @property
     def rho_bounds(self) -> tuple[float, float]:
-        """``(lets_rho_min, lets_rho_max)`` with the defaults filled in from the *current* ``sam_rho``.
+        """``(lets_rho_min, lets_rho_max)`` with the defaults filled in from the *current* ``sam_rho``: the bounds of
+        what LETS learns (with ``sam_budget``, of sigma: ``[sigma / 100, 100 sigma]`` by default).
 
         Resolved on every read rather than once at construction, so that a hyperparameter-search trial that sets
         ``sam_rho`` gets its own bounds (`LETSTrainer._hp_search_setup`)."""
-        low = self.sam_rho / 100 if self.lets_rho_min is None else self.lets_rho_min
-        high = self.sam_rho * 10 if self.lets_rho_max is None else self.lets_rho_max
+        start, up = (self.sam_budget, 100) if self.sam_budget is not None else (self.sam_rho, 10)
+        low = start / 100 if self.lets_rho_min is None else self.lets_rho_min
+        high = start * up if self.lets_rho_max is None else self.lets_rho_max
         return low, high
 
     @property
@@ -269,6 +286,15 @@ class LETSTrainingArguments(TrainingArguments):
             )
         _require(self.sam_rho >= 0 and math.isfinite(self.sam_rho), f"sam_rho={self.sam_rho} must be >= 0.")
         _require(self.asam_eta >= 0, f"asam_eta={self.asam_eta} must be >= 0.")
+        if self.sam_budget is not None:
+            _require(
+                self.sam_budget > 0 and math.isfinite(self.sam_budget),
+                f"sam_budget={self.sam_budget} must be > 0 (a loss increase, e.g. 0.05), or None for a fixed radius.",
+            )
+            _require(
+                self.sam_rho > 0,
+                f"sam_budget needs sam_rho > 0: it is the ceiling of the budget's radius (got {self.sam_rho}).",
+            )
         _require(self.sam_every >= 1, f"sam_every={self.sam_every} must be >= 1 (1: every step perturbed).")
         _require(self.sam_reuse in SAM_REUSE, f"sam_reuse={self.sam_reuse!r} must be one of {SAM_REUSE}.")
         _require(
@@ -335,13 +361,19 @@ class LETSTrainingArguments(TrainingArguments):
             self.sam_rho > 0,
             "lets=True learns log(rho), so it needs sam_rho > 0 (e.g. 0.05); use lets=False for a fixed radius of 0.",
         )
+        _require(
+            self.sam_budget is None or self.lets_hvp == "secant",
+            f"lets_hvp={self.lets_hvp!r} with sam_budget is not supported: a budget's curvature d G / d log sigma is "
+            "the secant's G - g; use lets_hvp='secant' (the default).",
+        )
         low, high = self.rho_bounds
-        _require(low > 0, f"lets_rho_min={low} must be > 0 (rho is learned in log space).")
+        name, what = ("sam_budget", "budget") if self.sam_budget is not None else ("sam_rho", "radius")
+        _require(low > 0, f"lets_rho_min={low} must be > 0 (the {what} is learned in log space).")
         _require(low <= high, f"lets_rho_min={low} > lets_rho_max={high}: swap them or widen the range.")
         _require(
-            low <= self.sam_rho <= high,
-            f"sam_rho={self.sam_rho} lies outside [lets_rho_min, lets_rho_max] = [{low}, {high}]: the initial "
-            "radius must be inside the bounds.",
+            low <= self.lets_start <= high,
+            f"{name}={self.lets_start} lies outside [lets_rho_min, lets_rho_max] = [{low}, {high}]: the initial "
+            f"{what} must be inside the bounds.",
         )
 
 

@@ -44,6 +44,22 @@ def test_cli_page_states_the_sam_and_lets_defaults():
     assert not stale, f"docs/cli.md states other defaults than LETSTrainingArguments (page, code): {stale}"
 
 
+def test_cli_page_carries_the_help_texts_of_the_sam_and_lets_fields():
+    """Each row's text is the field's help (pipes escaped, its choices appended), so the page cannot keep a help
+    text the code has dropped."""
+    rows = dict(re.findall(r"^\| `--(\w+)` \| `[^`]*` \| (.*) \|$", read("docs/cli.md"), re.M))
+    base = {f.name for f in dataclasses.fields(TrainingArguments)}
+    stale = []
+    for f in dataclasses.fields(LETSTrainingArguments):
+        if f.name in base:
+            continue
+        text = f.metadata["help"].replace("|", "\\|")
+        text += f" Choices: {', '.join(f.metadata['choices'])}." if "choices" in f.metadata else ""
+        if rows.get(f.name) != text:
+            stale.append(f.name)
+    assert not stale, f"docs/cli.md's text for these differs from their help: {stale}"
+
+
 @pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(ROOT, "glue_runs", "configs", "*.json"))))
 def test_shipped_configs_parse(tmp_path, path):
     model_args, data_args, args = parse([path, "--output_dir", str(tmp_path)])

@@ -94,13 +94,17 @@ def hand_direction(variant, w, b, gw, gb, eta=0.01):
     return tuple(get_perturbation(variant)([w, b], [gw, gb], eta=eta))  # a registered variant
 
 
-def sam_sgd_step(w, b, micro_batches, rho, variant, eta=0.01):
-    """theta' = theta - lr * mean_i grad l(theta + rho d_i; B_i): the per-micro-batch semantics by hand."""
+def sam_sgd_step(w, b, micro_batches, rho, variant, eta=0.01, sigma=None):
+    """theta' = theta - lr * mean_i grad l(theta + rho d_i; B_i): the per-micro-batch semantics by hand. With a loss
+    budget ``sigma``, each micro-batch's radius is ``min(sigma / g_i^T d_i, rho)`` (``rho`` the ceiling)."""
     gw_acc, gb_acc = torch.zeros_like(w), torch.zeros_like(b)
+    ceiling = rho
     for x, y in micro_batches:
         w0, b0 = w.clone().requires_grad_(), b.clone().requires_grad_()
         g = torch.autograd.grad(loss_fn(w0, b0, x, y), [w0, b0])
         dw, db = hand_direction(variant, w, b, *g, eta=eta)
+        if sigma is not None:
+            rho = min(sigma / ((g[0] * dw).sum() + (g[1] * db).sum()), ceiling)
         w1, b1 = (w + rho * dw).requires_grad_(), (b + rho * db).requires_grad_()
         gw, gb = torch.autograd.grad(loss_fn(w1, b1, x, y), [w1, b1])
         gw_acc += gw / len(micro_batches)
