@@ -125,11 +125,13 @@ def run_one(config: dict, task: str, method: str, seed: int) -> dict:
         results = json.load(f)
     metric = main_metric(task)
     curve = []  # the evaluations during training (eval_strategy "epoch" or "steps"), from the Trainer's state
+    logged_rho = []  # [step, rho, grad_norm] at every logging step: a loss budget's radius moves without LETS
     if os.path.isfile(os.path.join(out, "trainer_state.json")):
         with open(os.path.join(out, "trainer_state.json")) as f:
             log = json.load(f)["log_history"]
         curve = [{k: v for k, v in e.items() if k.startswith("eval_") or k in ("epoch", "step")} for e in log]
         curve = [e for e in curve if f"eval_{metric}" in e]
+        logged_rho = [[e["step"], e["rho"], e.get("grad_norm")] for e in log if "rho" in e]
     history = []
     if os.path.isfile(os.path.join(out, "lets_history.csv")):
         with open(os.path.join(out, "lets_history.csv")) as f:
@@ -148,6 +150,7 @@ def run_one(config: dict, task: str, method: str, seed: int) -> dict:
         "eval_samples": results.get("eval_samples"),
         "heldout": {k: v for k, v in results.get("lets_heldout", {}).items() if not k.endswith("idx")},
         "rho_trajectory": [[int(h["step"]), float(h["rho"])] for h in history],
+        "logged_rho": logged_rho,
         "lets_history": [parse_history_row(h) for h in history],  # what hypergradient_stats reads
         "eval_curve": curve,
         "guard_trips_at": [int(h["step"]) for h in history if h.get("guard_tripped") == "True"],
