@@ -265,12 +265,13 @@ class LETSTrainer(Trainer):
         if self._w is not None:  # g'^T w and l(theta; B') for the hyper-step in progress
             self._sums[2:] += torch.stack([loss.double(), dot(grads, self._w)]) / n_accum
         d = self.direction(params, grads, eta=self.args.asam_eta) if finite else None
-        step_size = self.rho
-        if self.args.sam_budget is not None and d is not None:  # d becomes eps = rho_i d, rho_i the budget's
+        if self.args.sam_budget is not None and d is not None:  # d becomes eps = rho_i d, on the device (no sync)
             self._budget_rho, free = budget_radius(grads, d, self.sigma, self.args.sam_rho)
             torch._foreach_mul_(d, self._budget_rho.to(d[0].dtype))
             self._budget_free = free if self._budget_free is None else self._budget_free * free
             step_size = 1.0
+        else:
+            step_size = self.radius.rho  # self.rho would read a budget's radius back to the host
         if self._look is not None and finite:
             torch._foreach_add_(self._look, grads, alpha=1.0 / n_accum)
         if self._feeding and finite and self.args.lets_hvp != "exact":  # exact: its own pass, `_accumulate_hvp`
@@ -519,7 +520,8 @@ class LETSTrainer(Trainer):
         os.makedirs(folder, exist_ok=True)
         write_history_csv(self.lets_history, os.path.join(folder, "lets_history.csv"))
         title = f"{self.args.sam_variant.upper()} radius learned by LETS"
-        plot_history(self.lets_history, os.path.join(folder, "lets_history.png"), title, self.args.sam_rho)
+        start = self.args.sam_rho if self.args.sam_budget is None else None  # a budget's sam_rho is a ceiling
+        plot_history(self.lets_history, os.path.join(folder, "lets_history.png"), title, start)
 
     def create_model_card(self, *args: Any, tags: str | list[str] | None = None, **kwargs: Any) -> None:
         """The host's model card (``README.md`` in ``output_dir``, what ``push_to_hub`` uploads), tagged

@@ -264,7 +264,7 @@ class LETSTrainingArguments(TrainingArguments):
 
         Resolved on every read rather than once at construction, so that a hyperparameter-search trial that sets
         ``sam_rho`` gets its own bounds (`LETSTrainer._hp_search_setup`)."""
-        start, up = (self.sam_budget, 100) if self.sam_budget is not None else (self.sam_rho, 10)
+        start, up = self.lets_start, 100 if self.sam_budget is not None else 10
         low = start / 100 if self.lets_rho_min is None else self.lets_rho_min
         high = start * up if self.lets_rho_max is None else self.lets_rho_max
         return low, high
