@@ -6,9 +6,19 @@ import math
 
 import pytest
 import torch
-from toy import LR, LinearRegressor, hand_direction, loss_fn, regression_data, sam_sgd_step
+from toy import (
+    LR,
+    LinearRegressor,
+    hand_direction,
+    lookahead_finite_difference,
+    loss_fn,
+    regression_data,
+    sam_sgd_step,
+    seen_batches,
+)
 
 from lets_hf import LETSTrainer, LETSTrainingArguments
+from lets_hf.hub import radius_card
 from lets_hf.perturbation import asam_direction, budget_radius, sam_direction
 from lets_hf.radius import RadiusState, radius_step
 
@@ -44,15 +54,10 @@ def budget_run(base_args, n_accum=1, *, lets, ceiling=10.0, variant="sam", objec
     return trainer, model, data, theta0
 
 
-def batches(model, data):
-    label = {tuple(d["x"].tolist()): d["labels"] for d in data}
-    return [(xs, torch.stack([label[tuple(r.tolist())] for r in xs])) for xs in model.seen]
-
-
 @pytest.mark.parametrize("variant", ["sam", "asam"])
 def test_a_fixed_budget_trains_as_the_hand_computed_steps(base_args, variant):
     trainer, model, data, theta = budget_run(base_args, 2, lets=False, variant=variant, max_steps=3)
-    seen = batches(model, data)  # per micro-batch (ascent, descent)
+    seen = seen_batches(model, data)  # per micro-batch (ascent, descent)
     for step in range(3):
         before = theta
         theta = sam_sgd_step(*theta, [seen[4 * step], seen[4 * step + 2]], 10.0, variant, sigma=SIGMA)
@@ -68,23 +73,13 @@ def test_a_fixed_budget_trains_as_the_hand_computed_steps(base_args, variant):
 def test_the_ceiling_holds_the_radius(base_args):
     trainer, model, data, theta = budget_run(base_args, lets=False, ceiling=1e-4, max_steps=1)
     assert trainer.rho == pytest.approx(1e-4)
-    expected = sam_sgd_step(*theta, [batches(model, data)[0]], 1e-4, "sam")
+    expected = sam_sgd_step(*theta, [seen_batches(model, data)[0]], 1e-4, "sam")
     assert torch.allclose(model.linear.weight.detach(), expected[0], atol=1e-12)
 
 
 def finite_difference_in_sigma(model, data, theta0, n_accum, variant, objective, ceiling=10.0, h=1e-6):
-    seen = batches(model, data)  # step 1: (ascent, descent) per micro-batch; step 2: held-out, then the pairs
-    step1 = [seen[2 * i] for i in range(n_accum)]
-    xv, yv = seen[2 * n_accum]
-    step2 = [seen[2 * n_accum + 1 + 2 * i] for i in range(n_accum)]
-
-    def F(sigma):
-        w1, b1 = sam_sgd_step(*theta0, step1, ceiling, variant, sigma=sigma)
-        train = sum(loss_fn(w1, b1, x, y) for x, y in step2) / n_accum
-        heldout = loss_fn(w1, b1, xv, yv)
-        return 0.5 * (heldout - train) ** 2 if objective == "gap" else heldout
-
-    return ((F(SIGMA + h) - F(SIGMA - h)) / (2 * h)).item()
+    step = lambda micro, sigma: sam_sgd_step(*theta0, micro, ceiling, variant, sigma=sigma)  # noqa: E731
+    return lookahead_finite_difference(model, data, n_accum, objective, step, SIGMA, h)
 
 
 @pytest.mark.parametrize("objective", ["gap", "heldout"])
@@ -120,3 +115,15 @@ def test_budget_settings_are_checked(base_args):
         LETSTrainingArguments(**base_args, sam_budget=0.1, lets_hvp="fisher")
     args = LETSTrainingArguments(**base_args, sam_budget=0.1)
     assert args.rho_bounds == pytest.approx((0.001, 10.0)) and args.lets_start == 0.1
+
+
+def test_the_model_card_gives_the_budget_and_the_radii_the_run_used(base_args):
+    """Not the ceiling sam_rho as a starting radius: with a budget it bounds the radius, it is not one it took."""
+    trainer, *_ = budget_run(base_args, lets=True, max_steps=3)
+    card = radius_card(trainer.args, trainer.lets_history, trainer.rho)
+    sigma = trainer.lets_history[-1]["sigma"]
+    assert f"| loss budget (`sam_budget`) | 0.02 -> {sigma:.4g}, radius at most `sam_rho` = 10 |" in card
+    rhos = [h["rho"] for h in trainer.lets_history] + [trainer.rho]
+    bounds = f"(sigma's bounds {SIGMA / 100:.4g} to {100 * SIGMA:.4g})"
+    assert f"| range over training | {min(rhos):.4g} to {max(rhos):.4g} {bounds} |" in card
+    assert max(rhos) < 1  # the radii sigma / ||g||, far under the ceiling
