@@ -7,7 +7,17 @@ import statistics
 
 import pytest
 import torch
-from toy import LR, LinearRegressor, loss_fn, regression_data, rule_data, sam_sgd_step, tiny_bert, token_data
+from toy import (
+    LR,
+    LinearRegressor,
+    lookahead_finite_difference,
+    loss_fn,
+    regression_data,
+    rule_data,
+    sam_sgd_step,
+    tiny_bert,
+    token_data,
+)
 
 from lets_hf import LETSTrainer, LETSTrainingArguments, RadiusState, radius_step
 from lets_hf.hypergradient import (
@@ -63,22 +73,9 @@ def run_lets(args_kw, n_accum, hvp, variant="sam", seed=0, objective="gap"):
 
 
 def finite_difference(model, data, theta0, n_accum, variant, objective="gap", h=1e-4):
-    """Central difference of F(rho) on the batches the run used: ``gap`` 1/2 (l(theta'; V) - l(theta'; B'))^2,
-    ``heldout`` l(theta'; V)."""
-    label = {tuple(d["x"].tolist()): d["labels"] for d in data}
-    stack = lambda xs: (xs, torch.stack([label[tuple(r.tolist())] for r in xs]))  # noqa: E731
-    seen = model.seen  # step 1: (ascent, descent) per micro-batch; step 2: held-out, then (ascent, descent)s
-    step1 = [stack(seen[2 * i]) for i in range(n_accum)]
-    xv, yv = stack(seen[2 * n_accum])
-    step2 = [stack(seen[2 * n_accum + 1 + 2 * i]) for i in range(n_accum)]
-
-    def F(rho):
-        w1, b1 = sam_sgd_step(*theta0, step1, rho, variant)
-        train = sum(loss_fn(w1, b1, x, y) for x, y in step2) / n_accum
-        heldout = loss_fn(w1, b1, xv, yv)
-        return 0.5 * (heldout - train) ** 2 if objective == "gap" else heldout
-
-    return ((F(RHO + h) - F(RHO - h)) / (2 * h)).item()
+    """Central difference of F(rho) on the batches the run used (`lookahead_finite_difference`)."""
+    step = lambda micro, rho: sam_sgd_step(*theta0, micro, rho, variant)  # noqa: E731
+    return lookahead_finite_difference(model, data, n_accum, objective, step, RHO, h)
 
 
 @pytest.mark.parametrize("objective", ["gap", "heldout"])

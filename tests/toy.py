@@ -110,3 +110,27 @@ def sam_sgd_step(w, b, micro_batches, rho, variant, eta=0.01, sigma=None):
         gw_acc += gw / len(micro_batches)
         gb_acc += gb / len(micro_batches)
     return w - LR * gw_acc, b - LR * gb_acc
+
+
+def seen_batches(model, data):
+    """The ``(x, y)`` batch of each forward pass ``model`` (a `LinearRegressor`) ran, labels looked up in ``data``."""
+    label = {tuple(d["x"].tolist()): d["labels"] for d in data}
+    return [(xs, torch.stack([label[tuple(r.tolist())] for r in xs])) for xs in model.seen]
+
+
+def lookahead_finite_difference(model, data, n_accum, objective, step, at, h):
+    """Central difference in ``x`` of F after a run's first step ``theta' = step(micro_batches, x)``: ``gap``
+    1/2 (l(theta'; V) - l(theta'; B'))^2, ``heldout`` l(theta'; V), on the batches the run used (step 1: an (ascent,
+    descent) pair per micro-batch; step 2: the held-out pass, then the pairs)."""
+    seen = seen_batches(model, data)
+    step1 = [seen[2 * i] for i in range(n_accum)]
+    xv, yv = seen[2 * n_accum]
+    step2 = [seen[2 * n_accum + 1 + 2 * i] for i in range(n_accum)]
+
+    def F(x):
+        w1, b1 = step(step1, x)
+        train = sum(loss_fn(w1, b1, xb, yb) for xb, yb in step2) / n_accum
+        heldout = loss_fn(w1, b1, xv, yv)
+        return 0.5 * (heldout - train) ** 2 if objective == "gap" else heldout
+
+    return ((F(at + h) - F(at - h)) / (2 * h)).item()
