@@ -130,6 +130,16 @@ def test_every_code_block_is_run_or_says_why_not(page):
     assert not unmarked, f"{page}: mark each block <!-- run --> or <!-- norun: reason -->: {unmarked}"
 
 
+@pytest.mark.parametrize("page", [os.path.relpath(p, ROOT) for p in PAGES])
+def test_each_heading_and_sweep_table_appears_once_per_page(page):
+    """A section pasted twice reads as a stale copy, and the sweep renderer rewrites only the first of two tables."""
+    text = read(page)
+    headings = [line for line in text.splitlines() if re.match(r"#{1,3} ", line)]
+    tables = re.findall(r"<!-- sweep-table:([\w-]+):start -->", text)
+    assert sorted({h for h in headings if headings.count(h) > 1}) == []
+    assert sorted({t for t in tables if tables.count(t) > 1}) == []
+
+
 @pytest.mark.parametrize("page", [os.path.relpath(p, ROOT) for p in PAGES if any(m == "run" for m, _, _ in blocks(p))])
 def test_doc_examples_run(tmp_path, glue_dir, page):
     os.symlink(os.path.join(ROOT, "docs"), tmp_path / "docs")

@@ -331,3 +331,26 @@ def test_every_shipped_sweep_still_accepts_its_committed_records(path, monkeypat
     done = finished(config["results"])
     check_settings(config, done)
     with_baselines(config, done)
+
+
+def test_the_page_render_refuses_a_table_pasted_twice(tmp_path):
+    """Only the first copy of a table would be rewritten; a page holding two must be mended, not half-updated."""
+    from glue_runs.studies.sweep import render
+
+    block = "<!-- sweep-table:grid:start -->\nold\n<!-- sweep-table:grid:end -->\n"
+    page = tmp_path / "page.md"
+    config = {
+        "results": str(tmp_path / "grid.jsonl"),
+        "results_page": str(page),
+        "base": {},
+        "tasks": ["MRPC"],
+        "seeds": [0],
+        "methods": {"adamw": {"sam_variant": "none"}},
+    }
+    page.write_text("# A\n" + block + "# B\n" + block)
+    with pytest.raises(ValueError, match=r"holds the table grid more than once"):
+        render(config, "cmd")
+    assert page.read_text() == "# A\n" + block + "# B\n" + block
+    page.write_text("# A\n" + block)
+    render(config, "cmd")
+    assert "0 of 1 runs finished. Command: `cmd`" in page.read_text() and "old" not in page.read_text()

@@ -476,6 +476,8 @@ def render(config: dict, command: str) -> None:
             content = f.read()
         name = os.path.basename(stem)  # one pair of markers per results file: a page can hold several sweeps
         start, end = f"<!-- sweep-table:{name}:start -->\n", f"<!-- sweep-table:{name}:end -->"
+        if content.count(start) > 1:  # only the first copy would be rewritten: the second would go stale unseen
+            raise ValueError(f"{page} holds the table {name} more than once: keep one start/end marker pair.")
         if start in content and end in content:
             head, rest = content.split(start, 1)
             atomic_write_text(page, head + start + text + rest[rest.index(end) :])
