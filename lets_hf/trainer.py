@@ -302,9 +302,10 @@ class LETSTrainer(Trainer):
             self.lets_extra_pass = False
 
     def _rewound_rng(self) -> contextlib.AbstractContextManager:
-        """With ``sam_same_dropout``, a context after which the random state is back where it was (CPU and this
-        device), so the next pass draws the same dropout masks; otherwise a no-op."""
-        if not self.args.sam_same_dropout:
+        """With ``sam_same_dropout`` (or ``lets_same_dropout`` on a step that feeds the curvature), a context after
+        which the random state is back where it was (CPU and this device), so the next pass draws the same dropout
+        masks; otherwise a no-op."""
+        if not (self.args.sam_same_dropout or (self.args.lets_same_dropout and self._feeding)):
             return contextlib.nullcontext()
         device = self.args.device
         if device.type == "cpu":

@@ -84,6 +84,14 @@ class LETSTrainingArguments(TrainingArguments):
             "independent masks its noise grows as 1/rho), but it changes SAM itself (docs/algorithm.md, 'Dropout')."
         },
     )
+    lets_same_dropout: bool = field(
+        default=False,
+        metadata={
+            "help": "sam_same_dropout on the steps whose curvature LETS reads only: with lets_horizon='step', one "
+            "step in lets_interval (SAM's other steps keep independent masks); with 'interval' or 'trace', every "
+            "perturbed step, as sam_same_dropout. No effect without lets."
+        },
+    )
     # ---- cheaper SAM ----------------------------------------------------------------------------------------------
     sam_every: int = field(
         default=1,

@@ -10,20 +10,31 @@ from lets_hf import LETSTrainer, LETSTrainingArguments
 from lets_hf.hypergradient import hessian_vector_product, secant_curvature_
 
 
-def dropout_masks(base_args, same: bool) -> list[torch.Tensor]:
-    """The embedding dropout's keep-mask of every forward pass of a 3-step SAM run (two passes per step)."""
+def dropout_masks(base_args, same: bool = False, steps: int = 3, **lets) -> list[torch.Tensor]:
+    """The embedding dropout's keep-mask of every training forward pass of a SAM run (two per step); held-out
+    passes (batches of 4, not 8) are left out."""
     model = tiny_bert(dropout=0.3)
     masks = []
     hook = model.bert.embeddings.dropout.register_forward_hook(
-        lambda module, inputs, output: masks.append((output != 0).flatten().clone())
+        lambda module, inputs, output: masks.append((output != 0).flatten().clone()) if len(output) == 8 else None
     )
     args = LETSTrainingArguments(
-        **base_args, max_steps=3, per_device_train_batch_size=8, sam_rho=0.05, lets=False, sam_same_dropout=same
+        **{"lets": False, **base_args, **lets},
+        max_steps=steps,
+        per_device_train_batch_size=8,
+        lets_batch_size=4,
+        sam_rho=0.05,
+        sam_same_dropout=same,
     )
     LETSTrainer(model=model, args=args, train_dataset=rule_data(64)).train()
     hook.remove()
-    assert len(masks) == 6  # ascent and descent of each step, nothing else
+    assert len(masks) == 2 * steps  # ascent and descent of each step, nothing else
     return masks
+
+
+def shared(masks: list[torch.Tensor]) -> list[bool]:
+    """Per step: did the descent pass draw the ascent pass's masks?"""
+    return [torch.equal(masks[i], masks[i + 1]) for i in range(0, len(masks), 2)]
 
 
 def test_the_descent_pass_draws_the_ascent_passs_dropout_masks(base_args):
@@ -32,6 +43,17 @@ def test_the_descent_pass_draws_the_ascent_passs_dropout_masks(base_args):
     assert not torch.equal(same[0], same[2]) and not torch.equal(same[2], same[4])  # new masks every step
     other = dropout_masks(base_args, same=False)  # the default: each pass draws its own
     assert not any(torch.equal(other[i], other[i + 1]) for i in range(0, 6, 2))
+
+
+def test_lets_same_dropout_shares_the_masks_on_the_steps_whose_curvature_lets_reads_only(base_args):
+    """With the one-step look-ahead, one step in lets_interval feeds the curvature (steps 0, 2, 4 at interval 2):
+    those share their masks, SAM's other steps draw afresh. With the interval look-ahead every step feeds; without
+    LETS no step does."""
+    lets = {"lets": True, "lets_same_dropout": True, "lets_interval": 2, "lets_heldout_fraction": 0.25}
+    assert shared(dropout_masks(base_args, steps=5, lets_horizon="step", **lets)) == [True, False, True, False, True]
+    assert shared(dropout_masks(base_args, steps=5, lets_horizon="interval", **lets)) == [True] * 5
+    off = {**lets, "lets": False}
+    assert shared(dropout_masks(base_args, steps=5, lets_horizon="step", **off)) == [False] * 5
 
 
 def test_with_the_same_masks_the_secant_is_the_curvature_and_without_it_is_noise_over_rho():
