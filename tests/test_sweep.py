@@ -354,3 +354,30 @@ def test_the_page_render_refuses_a_table_pasted_twice(tmp_path):
     page.write_text("# A\n" + block)
     render(config, "cmd")
     assert "0 of 1 runs finished. Command: `cmd`" in page.read_text() and "old" not in page.read_text()
+
+
+def test_runs_made_under_other_library_defaults_are_refused_not_mixed_in(tmp_path):
+    """A method that leaves a setting to lets_hf's defaults measures whatever the defaults are when it runs: its
+    records keep the resolved SAM and LETS settings, and a run made before a default changed (here the bounds' rule)
+    is refused with the field, its old and its new value; settings added to the library since are not compared."""
+    from glue_runs.studies.sweep import check_settings, resolved_radius_settings, settings
+
+    config = {
+        "results": str(tmp_path / "grid.jsonl"),
+        "base": {"num_train_epochs": 3},
+        "tasks": ["MRPC"],
+        "seeds": [0],
+        "methods": {"lets-default": {"sam_variant": "sam"}},
+    }
+    ran = settings(config, "MRPC", "lets-default", 0)
+    resolved = resolved_radius_settings(ran)
+    assert resolved["sam_rho"] == 0.01 and resolved["lets"] is True and resolved["lets_rho_min"] is None
+    assert resolved["rho_bounds"] == [pytest.approx(1e-4), pytest.approx(0.1)]
+    record = {"task": "MRPC", "method": "lets-default", "seed": 0, "settings": ran}
+    key = ("MRPC", "lets-default", 0)
+    check_settings(config, {key: record})  # an old record without them: nothing to compare
+    check_settings(config, {key: {**record, "resolved": {**resolved, "a_field_since_removed": 1}}})
+    older = {**resolved, "rho_bounds": [1e-3, 0.5]}
+    older.pop("lets_same_dropout")  # a field the library did not have then
+    with pytest.raises(ValueError, match=r"other lets_hf defaults than today's \(rho_bounds: \[0.001, 0.5\] -> \["):
+        check_settings(config, {key: {**record, "resolved": older}})

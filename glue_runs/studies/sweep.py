@@ -4,9 +4,11 @@ Runs `lets-glue` over tasks x methods x seeds from one config, each run in its o
 (``output_root/<task>/<method>/seed<k>``) and its own process. A finished run appends one line to the results JSONL
 and is never redone; a run interrupted half-way (a folder without an entry) is deleted and restarted from scratch.
 Each entry keeps the settings it ran with: a results file whose entries were made with other settings than the
-config now asks for is refused rather than mixed into one table. A method runs with its flags over the ``base``'s and
-lets-glue's defaults: a SAM method that leaves ``lets`` out learns its radius (``lets=True``, the default); a
-fixed-radius point of the grid says ``lets: false``.
+config now asks for is refused rather than mixed into one table; so is an entry whose SAM and LETS settings, as
+lets_hf resolved them (its defaults filled in, kept since records carry ``resolved``), differ from today's, so that
+a method which leaves the radius to the library's defaults never mixes runs of an old and a new default. A method
+runs with its flags over the ``base``'s and lets-glue's defaults: a SAM method that leaves ``lets`` out learns its
+radius (``lets=True``, the default); a fixed-radius point of the grid says ``lets: false``.
 After every run, ``<results>.md`` (mean and std over seeds of each task's main metric, the final rho of the LETS runs)
 and ``<results>.png`` (per task, the methods side by side with their seed spread; rho over training, relative to
 where it started, for the LETS runs) are rendered again, so a partial table is always on disk.
@@ -89,8 +91,24 @@ def settings(config: dict, task: str, method: str, seed: int) -> dict:
     }
 
 
+RADIUS_FIELDS = [
+    f.name
+    for f in dataclasses.fields(LETSTrainingArguments)
+    if f.name == "lets" or f.name.startswith(("sam_", "lets_", "asam_", "looksam_"))
+]
+
+
+def resolved_radius_settings(run_settings: dict) -> dict:
+    """Every SAM and LETS setting a run gets, the library's defaults filled in, with the radius's bounds as resolved
+    (a default that is a rule, such as ``[sam_rho / 100, 10 sam_rho]``, shows in ``rho_bounds``). Kept in each record,
+    so that a run made before a default changed is not read as a run of the new default."""
+    args = LETSTrainingArguments(output_dir="unused", **{k: v for k, v in run_settings.items() if k in RADIUS_FIELDS})
+    return {**{name: getattr(args, name) for name in RADIUS_FIELDS}, "rho_bounds": list(args.rho_bounds)}
+
+
 def check_settings(config: dict, done: dict) -> None:
-    """Refuse a results file whose finished runs were made with other settings than the config's now."""
+    """Refuse a results file whose finished runs were made with other settings than the config's now, or, where the
+    record keeps them, under other library defaults for SAM and LETS."""
     planned = set(plan(config))
     for (task, method, seed), record in done.items():
         if (task, method, seed) not in planned:
@@ -102,6 +120,15 @@ def check_settings(config: dict, done: dict) -> None:
                 f"{config['results']}: {task}/{method}/seed{seed} ran with other settings than the config "
                 f"asks for now ({', '.join(keys) if had else 'no settings recorded'}). Point 'results' at a new "
                 "file, or remove those lines to rerun them."
+            )
+        then = record.get("resolved")  # records written before this was kept cannot be checked
+        now = resolved_radius_settings(wanted) if then is not None else {}
+        keys = sorted(k for k in set(then or {}) & set(now) if then[k] != now[k])  # fields added since: not compared
+        if keys:
+            raise ValueError(
+                f"{config['results']}: {task}/{method}/seed{seed} ran under other lets_hf defaults than today's "
+                f"({', '.join(f'{k}: {then.get(k)} -> {now.get(k)}' for k in keys)}). Pin the old values in the "
+                "method to keep its runs, or point 'results' at a new file to measure the new defaults."
             )
 
 
@@ -158,6 +185,7 @@ def run_one(config: dict, task: str, method: str, seed: int) -> dict:
         "output_dir": out,
         "all_results": {k: v for k, v in results.items() if k.startswith(("eval_", "train_"))},
         "settings": run_settings,
+        "resolved": resolved_radius_settings(run_settings),
     }
 
 
