@@ -17,6 +17,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["LETSTrainingArguments"]
 
 HVP_ESTIMATORS = ("secant", "fisher", "exact")
+RHO_REACH = 0.5  # the default upper bound on a learned rho is at least this: SAM's own range, whatever the start
 RADIUS_OPTIMIZERS = ("adam", "signum", "sgd")
 SAM_REUSE = ("none", "looksam")
 
@@ -34,8 +35,9 @@ class LETSTrainingArguments(TrainingArguments):
     "Defaults, and why") and they are there for studies.
 
     The defaults let the radius travel and keep it from running away: rho lives in
-    ``[sam_rho / 100, 10 * sam_rho]``, can change ``lets_travel``-fold over a run whatever its length, follows the
-    held-out loss, and is sent back to ``sam_rho`` when the training loss rises or stops improving.
+    ``[sam_rho / 100, max(10 * sam_rho, 0.5)]``, can change ``lets_travel``-fold over a run whatever its length,
+    follows the held-out loss (its curvature read with one dropout draw for both SAM passes), and is sent back
+    when the training loss rises or stops improving.
     """
 
     # ---- sharpness-aware minimisation --------------------------------------------------------------------------
@@ -85,11 +87,13 @@ class LETSTrainingArguments(TrainingArguments):
         },
     )
     lets_same_dropout: bool = field(
-        default=False,
+        default=True,
         metadata={
             "help": "sam_same_dropout on the steps whose curvature LETS reads only: with lets_horizon='step', one "
             "step in lets_interval (SAM's other steps keep independent masks); with 'interval' or 'trace', every "
-            "perturbed step, as sam_same_dropout. No effect without lets."
+            "perturbed step, as sam_same_dropout. On by default: with independent masks the curvature at a small "
+            "radius is dropout noise and the radius cannot climb (docs/algorithm.md, 'Dropout'). No effect "
+            "without lets."
         },
     )
     # ---- cheaper SAM ----------------------------------------------------------------------------------------------
@@ -199,7 +203,10 @@ class LETSTrainingArguments(TrainingArguments):
     )
     lets_rho_max: float | None = field(
         default=None,
-        metadata={"help": "Upper bound on rho (default 10 * sam_rho; with sam_budget, on sigma: 100 * sigma)."},
+        metadata={
+            "help": "Upper bound on rho (default max(10 * sam_rho, 0.5), so that a small start can climb to SAM's "
+            "usual radii; with sam_budget, on sigma: 100 * sigma)."
+        },
     )
     lets_hvp: str = field(
         default="secant",
@@ -272,9 +279,10 @@ class LETSTrainingArguments(TrainingArguments):
 
         Resolved on every read rather than once at construction, so that a hyperparameter-search trial that sets
         ``sam_rho`` gets its own bounds (`LETSTrainer._hp_search_setup`)."""
-        start, up = self.lets_start, 100 if self.sam_budget is not None else 10
+        start = self.lets_start
+        reach = 100 * start if self.sam_budget is not None else max(10 * start, RHO_REACH)
         low = start / 100 if self.lets_rho_min is None else self.lets_rho_min
-        high = start * up if self.lets_rho_max is None else self.lets_rho_max
+        high = reach if self.lets_rho_max is None else self.lets_rho_max
         return low, high
 
     @property

@@ -11,7 +11,7 @@ from transformers import TrainerCallback
 
 from lets_hf import LETSTrainer, LETSTrainingArguments, get_perturbation
 
-ASKED = [0.02, 0.05, 0.08]
+ASKED = [0.02, 0.08, 0.2]
 
 
 class FirstStep(TrainerCallback):
@@ -61,8 +61,8 @@ def test_each_trial_trains_with_the_radius_it_asked_for(base_args, lets):
     assert len(seen) == 3
     for rho, bounds, asked, _, _ in seen:
         assert rho == pytest.approx(asked)  # before: the previous trial's (0.01, then the first trial's, ...)
-        if lets:  # the default bounds follow the trial's start: [rho/100, 10 rho]
-            assert bounds == pytest.approx((asked / 100, asked * 10))
+        if lets:  # the default bounds follow the trial's start: [rho/100, max(10 rho, 0.5)]
+            assert bounds == pytest.approx((asked / 100, max(asked * 10, 0.5)))
     assert sorted(asked for _, _, asked, _, _ in seen) == ASKED
 
 

@@ -372,12 +372,39 @@ def test_runs_made_under_other_library_defaults_are_refused_not_mixed_in(tmp_pat
     ran = settings(config, "MRPC", "lets-default", 0)
     resolved = resolved_radius_settings(ran)
     assert resolved["sam_rho"] == 0.01 and resolved["lets"] is True and resolved["lets_rho_min"] is None
-    assert resolved["rho_bounds"] == [pytest.approx(1e-4), pytest.approx(0.1)]
+    assert resolved["rho_bounds"] == [pytest.approx(1e-4), pytest.approx(0.5)]
     record = {"task": "MRPC", "method": "lets-default", "seed": 0, "settings": ran}
     key = ("MRPC", "lets-default", 0)
     check_settings(config, {key: record})  # an old record without them: nothing to compare
     check_settings(config, {key: {**record, "resolved": {**resolved, "a_field_since_removed": 1}}})
-    older = {**resolved, "rho_bounds": [1e-3, 0.5]}
+    older = {**resolved, "rho_bounds": [1e-4, 0.1]}
     older.pop("lets_same_dropout")  # a field the library did not have then
-    with pytest.raises(ValueError, match=r"other lets_hf defaults than today's \(rho_bounds: \[0.001, 0.5\] -> \["):
+    with pytest.raises(ValueError, match=r"other lets_hf defaults than today's \(rho_bounds: \[0.0001, 0.1\] -> \["):
         check_settings(config, {key: {**record, "resolved": older}})
+
+
+def test_a_default_that_changes_only_an_inert_setting_keeps_the_records():
+    """A LETS default does not void a fixed-radius run, nor ``lets_same_dropout`` a run that shares the masks on every
+    step (``sam_same_dropout``); the same change voids a LETS run with independent masks."""
+    from glue_runs.studies.sweep import check_settings, resolved_radius_settings, settings
+
+    methods = {
+        "sam-0.2": {"sam_variant": "sam", "sam_rho": 0.2, "lets": False},
+        "same": {"sam_variant": "sam", "sam_same_dropout": True},
+        "lets": {"sam_variant": "sam"},
+        "adamw": {"sam_variant": "none"},
+    }
+    config = {"results": "grid.jsonl", "base": {}, "tasks": ["MRPC"], "seeds": [0], "methods": methods}
+
+    def record_of(method, **then):
+        ran = settings(config, "MRPC", method, 0)
+        return {("MRPC", method, 0): {"settings": ran, "resolved": {**resolved_radius_settings(ran), **then}}}
+
+    old = {"lets_same_dropout": False, "rho_bounds": [0.002, 0.02]}
+    check_settings(config, record_of("sam-0.2", **old))
+    check_settings(config, record_of("adamw", **old, sam_rho=0.05))
+    check_settings(config, record_of("same", lets_same_dropout=False))
+    with pytest.raises(ValueError, match=r"lets_same_dropout: False -> True"):
+        check_settings(config, record_of("lets", lets_same_dropout=False))
+    with pytest.raises(ValueError, match=r"sam_rho: 0.05 -> 0.2"):
+        check_settings(config, record_of("sam-0.2", sam_rho=0.05))

@@ -47,6 +47,11 @@ def test_invalid_settings_are_refused_with_the_fix(tmp_path, kw, match):
 def test_defaults_let_the_radius_travel(tmp_path):
     args = LETSTrainingArguments(output_dir=str(tmp_path), sam_rho=0.1, per_device_train_batch_size=16)
     assert args.rho_bounds == pytest.approx((0.001, 1.0))  # two decades down, one up
+    # from a small start the radius can still climb to SAM's usual range (0.05-0.5): the reach is at least 0.5
+    small = LETSTrainingArguments(output_dir=str(tmp_path), sam_rho=0.002)
+    assert small.rho_bounds == pytest.approx((2e-5, 0.5))
+    assert LETSTrainingArguments(output_dir=str(tmp_path)).rho_bounds == pytest.approx((1e-4, 0.5))
+    assert args.lets_same_dropout and not args.sam_same_dropout  # a clean curvature; SAM alone keeps fresh masks
     assert args.heldout_batch_size == 16 and args.lets and args.lets_interval == 10
     assert args.lets_lr is None and args.lets_travel == 1e4  # lets_lr follows the run's length (radius_lr)
     # the estimator results-log.md section 7 chose: the interval look-ahead, a sign step, the tail clipped

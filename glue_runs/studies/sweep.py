@@ -106,6 +106,21 @@ def resolved_radius_settings(run_settings: dict) -> dict:
     return {**{name: getattr(args, name) for name in RADIUS_FIELDS}, "rho_bounds": list(args.rho_bounds)}
 
 
+def in_effect(resolved: dict) -> dict:
+    """The resolved settings that act on the run: without SAM only ``sam_variant``; without LETS no ``lets_`` field
+    nor the bounds; with ``sam_same_dropout`` not ``lets_same_dropout`` (it shares the masks on every step already).
+    A default that changes an inert field does not void a record."""
+    if resolved.get("sam_variant") == "none":
+        return {"sam_variant": "none"}
+    lets = resolved.get("lets", True)
+    return {
+        k: v
+        for k, v in resolved.items()
+        if (lets or not (k.startswith("lets_") or k == "rho_bounds"))
+        and not (k == "lets_same_dropout" and resolved.get("sam_same_dropout"))
+    }
+
+
 def check_settings(config: dict, done: dict) -> None:
     """Refuse a results file whose finished runs were made with other settings than the config's now, or, where the
     record keeps them, under other library defaults for SAM and LETS."""
@@ -122,13 +137,16 @@ def check_settings(config: dict, done: dict) -> None:
                 "file, or remove those lines to rerun them."
             )
         then = record.get("resolved")  # records written before this was kept cannot be checked
-        now = resolved_radius_settings(wanted) if then is not None else {}
-        keys = sorted(k for k in set(then or {}) & set(now) if then[k] != now[k])  # fields added since: not compared
+        if then is None:
+            continue
+        then, now = in_effect(then), in_effect(resolved_radius_settings(wanted))
+        keys = sorted(k for k in set(then) & set(now) if then[k] != now[k])  # fields added since: not compared
         if keys:
             raise ValueError(
                 f"{config['results']}: {task}/{method}/seed{seed} ran under other lets_hf defaults than today's "
-                f"({', '.join(f'{k}: {then.get(k)} -> {now.get(k)}' for k in keys)}). Pin the old values in the "
-                "method to keep its runs, or point 'results' at a new file to measure the new defaults."
+                f"({', '.join(f'{k}: {then.get(k)} -> {now.get(k)}' for k in keys)}). Move those lines to another "
+                "results file (and give the old values their own method to keep measuring them), or remove them to "
+                "measure the new defaults."
             )
 
 
