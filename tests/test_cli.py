@@ -277,20 +277,13 @@ def test_output_dir_with_another_run_is_refused(monkeypatch, capsys, tmp_path, t
 
 
 def test_console_script_and_module_entry_points(tmp_path):
-    for cmd in (["lets-glue"], [sys.executable, "-m", "glue_runs"]):
-        exe = os.path.join(os.path.dirname(sys.executable), cmd[0]) if cmd == ["lets-glue"] else cmd[0]
-        proc = subprocess.run(
-            [exe, *cmd[1:], "--model_name_or_path", "x", "--task_name", "QQQ", "--output_dir", str(tmp_path)],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert proc.returncode == 2 and "lets-glue: error: Unknown GLUE task 'QQQ'" in proc.stderr
-
-
-def test_help_exits_0_and_lists_the_lets_options():
+    """Both entry points, one process each: the console script refuses a bad task in one line, the module prints
+    the help with the SAM and LETS options."""
     exe = os.path.join(os.path.dirname(sys.executable), "lets-glue")
-    proc = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=120)
+    bad = ["--model_name_or_path", "x", "--task_name", "QQQ", "--output_dir", str(tmp_path)]
+    proc = subprocess.run([exe, *bad], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "lets-glue: error: Unknown GLUE task 'QQQ'" in proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "glue_runs", "--help"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     flags = ("--task_name", "--sam_rho", "--lets_interval", "--lets_guard_patience", "--lets_guard_threshold")
     for flag in (*flags, "--sam_every", "--sam_reuse", "--looksam_alpha", "--lets_clip"):

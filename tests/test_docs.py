@@ -227,7 +227,7 @@ def test_the_readme_snippet_runs_offline_with_the_packaged_model(tmp_path, glue_
         "from glue_runs.data import read_glue_tsv\nfrom glue_runs.run_glue import resolve_model_path\n"
         "from glue_runs.tasks import get_task\n"
     )
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     proc = subprocess.run([sys.executable, "-c", header + code], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     start, end = re.search(r"rho: (\S+) -> (\S+)", proc.stdout).groups()

@@ -10,6 +10,7 @@ cannot tell."""
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -69,12 +70,21 @@ def reference(tmp_path_factory, tiny_roberta, glue_dir):
     return outcome(out)
 
 
-def test_a_killed_run_resumes_when_the_same_command_is_run_again(tmp_path, tiny_roberta, glue_dir, reference):
-    out = tmp_path / "out"
-    code, _ = lets_glue("after-save", 6, command(tiny_roberta, glue_dir, out))  # 5 held-out batches drawn
+@pytest.fixture(scope="module")
+def killed(tmp_path_factory, tiny_roberta, glue_dir):
+    """The command killed with SIGKILL once checkpoint-6 is complete (5 held-out batches drawn); each test resumes a
+    copy of its output folder."""
+    out = tmp_path_factory.mktemp("killed") / "out"
+    code, _ = lets_glue("after-save", 6, command(tiny_roberta, glue_dir, out))
     assert code == -9 and (out / "checkpoint-6" / "trainer_state.json").is_file()
     assert json.loads((out / "checkpoint-6" / "lets_state.json").read_text())["heldout"] == {"epoch": 1, "position": 2}
     assert not (out / "all_results.json").exists()
+    return out
+
+
+def test_a_killed_run_resumes_when_the_same_command_is_run_again(tmp_path, tiny_roberta, glue_dir, reference, killed):
+    out = tmp_path / "out"
+    shutil.copytree(killed, out)
     code, log = lets_glue("none", 0, command(tiny_roberta, glue_dir, out))
     assert code == 0, log[-3000:]
     assert f"Resuming from {out / 'checkpoint-6'}, the last checkpoint in output_dir" in log
@@ -93,11 +103,11 @@ def test_a_checkpoint_half_written_by_a_kill_is_skipped(tmp_path, tiny_roberta, 
     assert_same_run(outcome(out), reference)
 
 
-def test_overwrite_output_dir_starts_afresh(tmp_path, tiny_roberta, glue_dir, reference):
+def test_overwrite_output_dir_starts_afresh(tmp_path, tiny_roberta, glue_dir, reference, killed):
     out = tmp_path / "out"
-    assert lets_glue("after-save", 4, command(tiny_roberta, glue_dir, out))[0] == -9
+    shutil.copytree(killed, out)
     code, log = lets_glue("none", 0, command(tiny_roberta, glue_dir, out, "--overwrite_output_dir", "true"))
-    assert code == 0 and "Resuming" not in log and "removed 2 checkpoint(s) of the earlier run" in log, log[-3000:]
+    assert code == 0 and "Resuming" not in log and "removed 3 checkpoint(s) of the earlier run" in log, log[-3000:]
     assert_same_run(outcome(out), reference)
 
 

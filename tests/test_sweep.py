@@ -101,13 +101,22 @@ def test_sweep_runs_resumes_and_renders(tmp_path, glue_dir, tiny_roberta):
     assert "(n=1)" in table and "(n=2)" not in table and "2 of 2 runs" in table and len(records(config)) == 4
 
 
-def test_sweep_refuses_results_made_with_other_settings(tmp_path, glue_dir, tiny_roberta):
-    path, config = write_config(tmp_path, glue_dir, tiny_roberta)
-    config["seeds"] = [0]
+def test_sweep_refuses_results_made_with_other_settings(tmp_path, glue_dir):
+    """A finished run (its record as a run writes it, with the settings it ran with; no model is loaded) and a
+    config changed since."""
+    from glue_runs.studies.sweep import settings
+
+    path, config = write_config(tmp_path, glue_dir, "tiny-roberta-never-loaded")
+    config["seeds"], config["details"] = [0], False
     config["methods"] = {"adamw": config["methods"]["adamw"]}
+    ran = settings(config, "RTE", "adamw", 0)
+    os.makedirs(os.path.dirname(config["results"]))
+    record = {"task": "RTE", "method": "adamw", "seed": 0, "metric": "accuracy", "value": 0.5, "settings": ran}
+    record |= {"lets": False, "final_rho": None, "rho_trajectory": [], "eval_curve": [], "wall_seconds": 1.0}
+    with open(config["results"], "w") as f:
+        f.write(json.dumps(record) + "\n")
     (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(config))
-    main([path])
-    assert records(config)[0]["settings"]["max_train_samples"] == 48
+    assert len(main([path, "--render-only"])) == 1 and ran["max_train_samples"] == 48
 
     config["base"]["max_train_samples"] = 40  # the same runs, other settings: not silently mixed into one table
     (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(config))
@@ -277,16 +286,14 @@ def test_baselines_from_several_sweeps_join_in_order(tmp_path):
 
 
 def test_a_sweep_split_by_seed_fills_one_results_file(tmp_path, glue_dir, tiny_roberta):
-    """Two sittings (or two processes) with disjoint --seeds share the file and the table."""
+    """Two sittings (or two processes) with disjoint --seeds and --methods share the file and the table."""
     path, config = write_config(tmp_path, glue_dir, tiny_roberta)
-    main([path, "--seeds", "1"])
-    assert [(r["method"], r["seed"]) for r in records(config)] == [("adamw", 1), ("lets-sam", 1)]
-    assert "2 of 4 runs finished" in (tmp_path / "page.md").read_text()
+    main([path, "--seeds", "1", "--methods", "adamw"])
+    assert [(r["method"], r["seed"]) for r in records(config)] == [("adamw", 1)]
+    assert "1 of 4 runs finished" in (tmp_path / "page.md").read_text()
     main([path, "--seeds", "0", "--tasks", "RTE", "--methods", "lets-sam"])
-    assert [(r["method"], r["seed"]) for r in records(config)][2:] == [("lets-sam", 0)]
-    main([path, "--seeds", "0"])
-    assert [(r["method"], r["seed"]) for r in records(config)][3:] == [("adamw", 0)]
-    assert "4 of 4 runs finished" in (tmp_path / "page.md").read_text()
+    assert [(r["method"], r["seed"]) for r in records(config)] == [("adamw", 1), ("lets-sam", 0)]
+    assert "2 of 4 runs finished" in (tmp_path / "page.md").read_text()
 
 
 def test_dev_curves_are_tabled_and_plotted_per_evaluation(tmp_path):
