@@ -84,6 +84,7 @@ def test_sweep_runs_resumes_and_renders(tmp_path, glue_dir, tiny_roberta):
     second = records(config)
     assert second[:3] == first and [(r["method"], r["seed"]) for r in second[3:]] == [("lets-sam", 1)]
     assert not (interrupted / "junk.txt").exists() and (interrupted / "all_results.json").is_file()
+    assert "train_runtime" in (tmp_path / "runs" / "RTE" / "lets-sam" / "seed1.log").read_text()  # its output
 
     main([path])  # everything done: nothing is redone
     assert records(config) == second
@@ -294,6 +295,17 @@ def test_a_sweep_split_by_seed_fills_one_results_file(tmp_path, glue_dir, tiny_r
     main([path, "--seeds", "0", "--tasks", "RTE", "--methods", "lets-sam"])
     assert [(r["method"], r["seed"]) for r in records(config)] == [("adamw", 1), ("lets-sam", 0)]
     assert "2 of 4 runs finished" in (tmp_path / "page.md").read_text()
+
+
+def test_a_run_that_fails_stops_the_sweep_with_its_error_and_keeps_its_log(tmp_path, glue_dir, tiny_roberta):
+    path, config = write_config(tmp_path, glue_dir, tiny_roberta)
+    config["methods"] = {"broken": {"sam_variant": "sam", "sam_rho": -0.1}}
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(config))
+    with pytest.raises(RuntimeError, match="RTE/broken/seed0 failed") as failure:
+        main([path, "--seeds", "0"])
+    log = tmp_path / "runs" / "RTE" / "broken" / "seed0.log"
+    assert str(log) in str(failure.value) and "sam_rho" in str(failure.value) and "sam_rho" in log.read_text()
+    assert not os.path.exists(config["results"])  # no record of a failed run
 
 
 def test_dev_curves_are_tabled_and_plotted_per_evaluation(tmp_path):

@@ -1,8 +1,10 @@
 """A resumable quality sweep: `python -m glue_runs.studies.sweep glue_runs/studies/configs/sweep_minilm.yaml`.
 
 Runs `lets-glue` over tasks x methods x seeds from one config, each run in its own folder
-(``output_root/<task>/<method>/seed<k>``) and its own process. A finished run appends one line to the results JSONL
-and is never redone; a run interrupted half-way (a folder without an entry) is deleted and restarted from scratch.
+(``output_root/<task>/<method>/seed<k>``) and its own process, its settings in ``seed<k>.run.json`` and its output,
+as it goes, in ``seed<k>.log`` beside the folder (a run that fails stops the sweep and names that log). A finished
+run appends one line to the results JSONL and is never redone; a run interrupted half-way (a folder without an
+entry) is deleted and restarted from scratch.
 Each entry keeps the settings it ran with: a results file whose entries were made with other settings than the
 config now asks for is refused rather than mixed into one table; so is an entry whose SAM and LETS settings, as
 lets_hf resolved them (its defaults filled in, kept since records carry ``resolved``), differ from today's, so that
@@ -161,11 +163,18 @@ def run_one(config: dict, task: str, method: str, seed: int) -> dict:
     config_path = f"{out}.run.json"  # the exact settings, kept beside the run folder
     atomic_write_text(config_path, json.dumps(flags, indent=2))
     start, children = time.time(), resource.getrusage(resource.RUSAGE_CHILDREN)
-    proc = subprocess.run([sys.executable, "-m", "glue_runs", config_path], capture_output=True, text=True)
+    log_path = f"{out}.log"  # the run's own output as it goes (`tail -f` it), kept when the run fails
+    with open(log_path, "w") as log:
+        unbuffered = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        proc = subprocess.run(
+            [sys.executable, "-m", "glue_runs", config_path], stdout=log, stderr=subprocess.STDOUT, env=unbuffered
+        )
     after = resource.getrusage(resource.RUSAGE_CHILDREN)  # the run's own CPU time: a paused run does not add to it
     cpu_seconds = after.ru_utime - children.ru_utime + after.ru_stime - children.ru_stime
     if proc.returncode != 0:
-        raise RuntimeError(f"{task}/{method}/seed{seed} failed:\n{proc.stderr[-3000:]}")
+        with open(log_path) as f:
+            tail = f.read()[-3000:]
+        raise RuntimeError(f"{task}/{method}/seed{seed} failed (its whole output: {log_path}):\n{tail}")
     with open(os.path.join(out, "all_results.json")) as f:
         results = json.load(f)
     metric = main_metric(task)
