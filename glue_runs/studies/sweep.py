@@ -164,8 +164,8 @@ def run_one(config: dict, task: str, method: str, seed: int) -> dict:
     atomic_write_text(config_path, json.dumps(flags, indent=2))
     start, children = time.time(), resource.getrusage(resource.RUSAGE_CHILDREN)
     log_path = f"{out}.log"  # the run's own output as it goes (`tail -f` it), kept when the run fails
+    unbuffered = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with open(log_path, "w") as log:
-        unbuffered = {**os.environ, "PYTHONUNBUFFERED": "1"}
         proc = subprocess.run(
             [sys.executable, "-m", "glue_runs", config_path], stdout=log, stderr=subprocess.STDOUT, env=unbuffered
         )
