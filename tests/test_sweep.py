@@ -162,9 +162,15 @@ def test_details_give_per_seed_values_costs_and_the_two_sd_rule():
         and "| lets | 0: 0.850, 1: 0.850 | 0.02, 0.03 | 5.0 |" in text
     )
     assert "one lets run 5.0 min; the 2 fixed-radius SAM runs of one seed (sam-a, sam-b) 10.0 min" in text
-    # lets - best radius (sam-a) = 0.85 - 0.85 = 0 < 2 * 0.0141: no difference; vs AdamW +0.04 > 2 * 0.0141: better
-    assert "lets vs the best fixed radius of its variant (sam-a): +0.000 (two sd: 0.028): **not a difference**" in text
-    assert "lets vs plain AdamW (adamw): +0.040 (two sd: 0.028): **better**" in text
+    # Two seeds a cell: the numbers, but no verdict (the rule needs three).
+    assert "lets vs plain AdamW (adamw): +0.040 (two sd: 0.028): a reading on 2 seeds, no verdict before 3" in text
+    assert "**better**" not in text and "**not a difference**" not in text
+    # A third seed (adamw 0.81, sam-a 0.85, lets 0.85): lets - sam-a = 0 < 2 * 0.01, no difference; vs AdamW
+    # +0.04 > 2 * 0.01, better.
+    third = {("MRPC", m, 2): {**records[("MRPC", m, 1)], "seed": 2, "value": sum(v) / 2} for m, v in values.items()}
+    three = render_details({**config, "seeds": [0, 1, 2]}, {**records, **third})
+    assert "its variant (sam-a): +0.000 (two sd: 0.020): **not a difference**" in three
+    assert "lets vs plain AdamW (adamw): +0.040 (two sd: 0.020): **better**" in three
     assert "Machine time of the finished runs (8): 0.6 h wall, 1.0 CPU hours (the 6 runs that recorded it)." in text
     alone = {**config, "methods": {"lets": config["methods"]["lets"]}}  # no grid in the sweep: no cost line
     assert "Cost:" not in render_details(alone, {k: r for k, r in records.items() if k[1] == "lets"})

@@ -49,6 +49,8 @@ from ..tasks import get_task
 
 # The metric each task's column shows (the first of its official GLUE metrics; STS-B Pearson as in docs/algorithm.md).
 MAIN_METRIC = {"CoLA": "matthews_correlation", "STS-B": "pearson", "MRPC": "accuracy", "SST-2": "accuracy"}
+# The seeds both cells of a comparison need before the page calls it a difference or not (the project's rule).
+VERDICT_SEEDS = 3
 
 
 def main_metric(task: str) -> str:
@@ -292,13 +294,19 @@ def versus(records: dict, task: str, method: str, other: str, label: str) -> str
     """One line: ``method``'s mean minus ``other``'s, and whether it is a difference.
 
     The rule the page's verdicts use: a difference under two standard deviations (the larger seed spread of the two
-    cells) is not a difference.
+    cells) is not a difference, and a verdict needs ``VERDICT_SEEDS`` seeds in both cells; with fewer the line gives
+    the numbers as a reading, without a verdict (two seeds' spread is too rough a bar to call a difference on).
     """
-    mean, sd = _mean_sd([r["value"] for r in _runs(records, task, method)])
-    other_mean, other_sd = _mean_sd([r["value"] for r in _runs(records, task, other)])
+    runs, other_runs = _runs(records, task, method), _runs(records, task, other)
+    mean, sd = _mean_sd([r["value"] for r in runs])
+    other_mean, other_sd = _mean_sd([r["value"] for r in other_runs])
     diff, bar = mean - other_mean, 2 * max(sd, other_sd)
+    line = f"- {method} vs {label} ({other}): {diff:+.3f} (two sd: {bar:.3f}): "
+    seeds = min(len(runs), len(other_runs))
+    if seeds < VERDICT_SEEDS:
+        return line + f"a reading on {seeds} seeds, no verdict before {VERDICT_SEEDS}"
     verdict = "not a difference" if abs(diff) < bar else ("better" if diff > 0 else "worse")
-    return f"- {method} vs {label} ({other}): {diff:+.3f} (two sd: {bar:.3f}): **{verdict}**"
+    return line + f"**{verdict}**"
 
 
 def compare(config: dict, records: dict, task: str) -> list[str]:
