@@ -130,7 +130,7 @@ def test_sweep_refuses_results_made_with_other_settings(tmp_path, glue_dir):
 
 def test_details_give_per_seed_values_costs_and_the_two_sd_rule():
     """The numbers the page's verdicts rest on: per-seed values, minutes, and 'under two sd is no difference'."""
-    from glue_runs.studies.sweep import render_details
+    from glue_runs.studies.sweep import render_details, render_verdicts
 
     config = {
         "tasks": ["MRPC"],
@@ -172,6 +172,18 @@ def test_details_give_per_seed_values_costs_and_the_two_sd_rule():
     assert "its variant (sam-a): +0.000 (two sd: 0.020): **not a difference**" in three
     assert "lets vs plain AdamW (adamw): +0.040 (two sd: 0.020): **better**" in three
     assert "Machine time of the finished runs (8): 0.6 h wall, 1.0 CPU hours (the 6 runs that recorded it)." in text
+    # The verdict table: the same verdicts, one cell per LETS method and task, each reference named.
+    assert render_verdicts(config, records, own={"lets"}).splitlines() == [
+        "| LETS method | MRPC |",
+        "|---|---|",
+        "| lets | 0.850 +- 0.000 (n=2)<br>vs sam-a: reading<br>vs adamw: reading |",
+    ]
+    assert render_verdicts({**config, "seeds": [0, 1, 2]}, {**records, **third}, own={"lets"}).splitlines()[2] == (
+        "| lets | 0.850 +- 0.000 (n=3)<br>vs sam-a: tie<br>vs adamw: better |"
+    )
+    low = {k: {**r, "value": 0.80} for k, r in {**records, **third}.items() if k[1] == "lets"}  # sam-a - 0.05
+    cell = render_verdicts({**config, "seeds": [0, 1, 2]}, {**records, **third, **low}, own={"lets"}).splitlines()[2]
+    assert cell == "| lets | 0.800 +- 0.000 (n=3)<br>vs sam-a: worse<br>vs adamw: tie |"
     alone = {**config, "methods": {"lets": config["methods"]["lets"]}}  # no grid in the sweep: no cost line
     assert "Cost:" not in render_details(alone, {k: r for k, r in records.items() if k[1] == "lets"})
 

@@ -16,7 +16,9 @@ and ``<results>.png`` (per task, the methods side by side with their seed spread
 where it started, for the LETS runs) are rendered again, so a partial table is always on disk.
 With ``details: true`` the table is followed, per task, by every seed's value and final rho, the minutes per run,
 one LETS run's cost against the fixed-radius grid's, and each LETS method's difference to the best fixed radius and
-to AdamW, judged by the page's rule (under two standard deviations is not a difference).
+to AdamW, judged by the page's rule (under two standard deviations is not a difference, and a verdict needs three
+seeds in both cells). With ``verdicts: true`` the same verdicts come first as one table, a row per LETS method of the
+sweep and a column per task.
 With ``results_page: <file>`` the same text replaces what stands between the file's
 ``<!-- sweep-table:<results stem>:start -->`` and ``...:end -->`` markers.
 With ``baselines: {config: <another sweep config>, methods: [...]}`` the table, the comparisons and the plot also
@@ -290,41 +292,72 @@ def is_grid(config: dict, method: str) -> bool:
     return variant(config, method) not in (None, "none") and not learns_radius(config, method)
 
 
-def versus(records: dict, task: str, method: str, other: str, label: str) -> str:
-    """One line: ``method``'s mean minus ``other``'s, and whether it is a difference.
-
-    The rule the page's verdicts use: a difference under two standard deviations (the larger seed spread of the two
-    cells) is not a difference, and a verdict needs ``VERDICT_SEEDS`` seeds in both cells; with fewer the line gives
-    the numbers as a reading, without a verdict (two seeds' spread is too rough a bar to call a difference on).
-    """
+def judge(records: dict, task: str, method: str, other: str) -> tuple[float, float, int, str | None]:
+    """``method``'s mean minus ``other``'s, the bar (two standard deviations: the larger seed spread of the two
+    cells), the seeds both cells have, and the verdict: "better", "worse" or "not a difference" (under the bar), or
+    None below ``VERDICT_SEEDS`` seeds (two seeds' spread is too rough a bar to call a difference on)."""
     runs, other_runs = _runs(records, task, method), _runs(records, task, other)
     mean, sd = _mean_sd([r["value"] for r in runs])
     other_mean, other_sd = _mean_sd([r["value"] for r in other_runs])
     diff, bar = mean - other_mean, 2 * max(sd, other_sd)
-    line = f"- {method} vs {label} ({other}): {diff:+.3f} (two sd: {bar:.3f}): "
     seeds = min(len(runs), len(other_runs))
     if seeds < VERDICT_SEEDS:
+        return diff, bar, seeds, None
+    return diff, bar, seeds, "not a difference" if abs(diff) < bar else ("better" if diff > 0 else "worse")
+
+
+def versus(records: dict, task: str, method: str, other: str, label: str) -> str:
+    """One line of the page: `judge`'s numbers and verdict, or "a reading" where the seeds are too few for one."""
+    diff, bar, seeds, verdict = judge(records, task, method, other)
+    line = f"- {method} vs {label} ({other}): {diff:+.3f} (two sd: {bar:.3f}): "
+    if verdict is None:
         return line + f"a reading on {seeds} seeds, no verdict before {VERDICT_SEEDS}"
-    verdict = "not a difference" if abs(diff) < bar else ("better" if diff > 0 else "worse")
     return line + f"**{verdict}**"
+
+
+def references(config: dict, records: dict, task: str, method: str) -> list[tuple[str, str]]:
+    """What a LETS method is read against on a task, as ``(other method, label)``: the best fixed radius of its own
+    variant (by mean, among cells with two seeds or more) and plain AdamW."""
+    done = {m for m in config["methods"] if len(_runs(records, task, m)) >= 2}
+    grid = [
+        (statistics.fmean(r["value"] for r in _runs(records, task, m)), m)
+        for m in done
+        if is_grid(config, m) and variant(config, m) == variant(config, method)
+    ]
+    best = [(max(grid)[1], "the best fixed radius of its variant")] if grid else []
+    return best + [(m, "plain AdamW") for m in done if variant(config, m) in (None, "none")]
 
 
 def compare(config: dict, records: dict, task: str) -> list[str]:
     """Each LETS method (two seeds or more) against the best fixed radius of its own variant and against AdamW."""
-    done = {m for m in config["methods"] if len(_runs(records, task, m)) >= 2}
-    lines = []
-    for method in [m for m in config["methods"] if m in done and learns_radius(config, m)]:
-        grid = [
-            (statistics.fmean(r["value"] for r in _runs(records, task, m)), m)
-            for m in done
-            if is_grid(config, m) and variant(config, m) == variant(config, method)
-        ]
-        if grid:
-            lines.append(versus(records, task, method, max(grid)[1], "the best fixed radius of its variant"))
-        lines += [
-            versus(records, task, method, m, "plain AdamW") for m in done if variant(config, m) in (None, "none")
-        ]
-    return lines
+    lets = [m for m in config["methods"] if learns_radius(config, m) and len(_runs(records, task, m)) >= 2]
+    return [
+        versus(records, task, m, other, label) for m in lets for other, label in references(config, records, task, m)
+    ]
+
+
+VERDICT_WORDS = {"better": "better", "worse": "worse", "not a difference": "tie", None: "reading"}
+
+
+def render_verdicts(config: dict, records: dict, own: set[str]) -> str:
+    """Markdown: one row per LETS method of this sweep, one column per task; each cell the method's mean +- sd (n)
+    and its verdict against the best fixed radius of its variant and against AdamW, each named (`judge`: better,
+    worse, tie under two sd, or a reading below ``VERDICT_SEEDS`` seeds). The table a radius search is judged by."""
+    methods = [m for m in config["methods"] if m in own and learns_radius(config, m)]
+    lines = ["| LETS method | " + " | ".join(config["tasks"]) + " |", "|---|" + "---|" * len(config["tasks"])]
+    for method in methods:
+        cells = []
+        for task in config["tasks"]:
+            runs = _runs(records, task, method)
+            if not runs:
+                cells.append("-")
+                continue
+            cell = f"{_mean_pm([r['value'] for r in runs])} (n={len(runs)})"
+            for other, _ in references(config, records, task, method):
+                cell += f"<br>vs {other}: {VERDICT_WORDS[judge(records, task, method, other)[3]]}"
+            cells.append(cell)
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def render_details(config: dict, records: dict, own: set[str] | None = None) -> str:
@@ -530,6 +563,9 @@ def render(config: dict, command: str) -> None:
         names = [m for m in spec["methods"] if m not in taken]
         taken.update(names)
         text += f"Baselines ({', '.join(names)}): `{spec['config']}`.\n"
+    if config.get("verdicts"):  # the LETS methods' verdicts per task, one table
+        head = f"Verdicts (two-sd rule; a cell with fewer than {VERDICT_SEEDS} seeds is a reading):"
+        text += f"\n{head}\n\n{render_verdicts(view, shown, set(config['methods']))}\n"
     if config.get("details"):  # per-seed values, minutes per run and the grid comparisons under the table
         text += f"\n{render_details(view, shown, own=set(config['methods']))}\n"
     atomic_write_text(f"{stem}.md", text)
