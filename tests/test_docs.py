@@ -17,6 +17,7 @@ from transformers import TrainingArguments
 import lets_hf
 from glue_runs.run_glue import DataArguments, ModelArguments, parse
 from lets_hf import LETSTrainingArguments
+from lets_hf.radius import radius_lr
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -234,7 +235,7 @@ def test_the_readme_snippet_runs_offline_with_the_packaged_model(tmp_path, glue_
     start, end = re.search(r"rho: (\S+) -> (\S+)", proc.stdout).groups()
     # One hyper-step moves log rho by exactly lets_lr; its sign on 200 examples is noise (installs differ), so the
     # test checks the size of the step and that the README names both possible ends.
-    step = math.log(1e4) / 10
+    step = radius_lr(LETSTrainingArguments.lets_travel, max_steps=20, interval=LETSTrainingArguments.lets_interval)
     ends = [f"{0.01 * math.exp(-step):.4g}", f"{0.01 * math.exp(step):.4g}"]
     assert float(start) == 0.01 and end in ends, (start, end, ends)
     assert all(f"`{e}`" in read("README.md") for e in ends)

@@ -336,7 +336,7 @@ def compare(config: dict, records: dict, task: str) -> list[str]:
     ]
 
 
-VERDICT_WORDS = {"better": "better", "worse": "worse", "not a difference": "tie", None: "reading"}
+SHORT_VERDICT = {"not a difference": "tie", None: "reading"}  # the table's words; "better", "worse" stay as they are
 
 
 def render_verdicts(config: dict, records: dict, own: set[str]) -> str:
@@ -354,7 +354,8 @@ def render_verdicts(config: dict, records: dict, own: set[str]) -> str:
                 continue
             cell = f"{_mean_pm([r['value'] for r in runs])} (n={len(runs)})"
             for other, _ in references(config, records, task, method):
-                cell += f"<br>vs {other}: {VERDICT_WORDS[judge(records, task, method, other)[3]]}"
+                verdict = judge(records, task, method, other)[3]
+                cell += f"<br>vs {other}: {SHORT_VERDICT.get(verdict, verdict)}"
             cells.append(cell)
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
